@@ -1,0 +1,129 @@
+"""Settings read from the environment, in one place."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
+DEFAULT_EMAILS_DIR = PROJECT_ROOT / "emails"
+DEV_SECRET_KEY = "dev-only-secret-change-me"
+
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """A setting has a value Onward cannot use; the message says which and how to fix it."""
+
+
+def parse_interval(text: str) -> timedelta:
+    """Parse `30s`, `10m`, `6h`, `2d` (or bare seconds) into a timedelta."""
+    match = _INTERVAL.match(text)
+    if not match:
+        raise ConfigError(f"cannot read interval {text!r}: use a number and s, m, h or d, like 2d")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"interval {text!r} must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where to hand messages over: host, port, optional login and STARTTLS/TLS."""
+
+    host: str = "127.0.0.1"
+    port: int = 1025
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    starttls: bool = False
+    tls: bool = False
+    timeout: float = 30.0
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpSettings:
+        """Read `smtp://user:pass@host:port?starttls=true` (or `smtps://` for implicit TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+            raise ConfigError(f"SMTP_URL must look like smtp://host:port, got {url!r}")
+        query = dict(
+            item.split("=", 1) if "=" in item else (item, "true")
+            for item in parts.query.split("&")
+            if item
+        )
+        tls = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if tls else 25),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            starttls=query.get("starttls", "false").lower() in {"1", "true", "yes"},
+            tls=tls,
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Onward reads from its environment, with the defaults `make run` uses."""
+
+    base_url: str = "http://127.0.0.1:5000"
+    secret_key: str = DEV_SECRET_KEY
+    database_url: str = f"sqlite:///{DEFAULT_INSTANCE_DIR / 'onward.db'}"
+    redis_url: str | None = None
+    smtp_url: str | None = None
+    mail_from: str = "Onward <course@onward.localhost>"
+    postal_address: str = "Onward, 1 Example Street, Springfield"
+    step_interval: timedelta = timedelta(days=2)
+    confirm_max_age: timedelta = timedelta(days=7)
+    confirm_resend_after: timedelta = timedelta(minutes=10)
+    tick_seconds: float = 5.0
+    batch_size: int = 100
+    claim_lease: timedelta = timedelta(minutes=10)
+    queue_name: str = "onward"
+    check_deliverability: bool = False
+    instance_dir: Path = DEFAULT_INSTANCE_DIR
+    emails_dir: Path = DEFAULT_EMAILS_DIR
+    outbox_dir: Path | None = None
+    subscribe_rate_limit: int = 10
+
+    @property
+    def smtp(self) -> SmtpSettings:
+        """The SMTP relay; the built-in catcher on 127.0.0.1:1025 when SMTP_URL is unset."""
+        return SmtpSettings.from_url(self.smtp_url or "smtp://127.0.0.1:1025")
+
+    def with_changes(self, **changes: object) -> Settings:
+        """A copy with some settings changed (tests and the launcher use this)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from environment variables (see README, Configuration)."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        port = env.get("PORT", "5000")
+        instance_dir = Path(env.get("INSTANCE_DIR", str(DEFAULT_INSTANCE_DIR)))
+        outbox = env.get("OUTBOX_DIR")
+        return cls(
+            base_url=env.get("BASE_URL", f"http://127.0.0.1:{port}").rstrip("/"),
+            secret_key=env.get("SECRET_KEY", defaults.secret_key),
+            database_url=env.get("DATABASE_URL", f"sqlite:///{instance_dir / 'onward.db'}"),
+            redis_url=env.get("REDIS_URL") or None,
+            smtp_url=env.get("SMTP_URL") or None,
+            mail_from=env.get("MAIL_FROM", defaults.mail_from),
+            postal_address=env.get("POSTAL_ADDRESS", defaults.postal_address),
+            step_interval=parse_interval(env.get("STEP_INTERVAL", "2d")),
+            tick_seconds=parse_interval(env.get("TICK_INTERVAL", "5s")).total_seconds(),
+            batch_size=int(env.get("BATCH_SIZE", str(defaults.batch_size))),
+            queue_name=env.get("QUEUE_NAME", defaults.queue_name),
+            check_deliverability=env.get("CHECK_DELIVERABILITY", "false").lower()
+            in {"1", "true", "yes"},
+            instance_dir=instance_dir,
+            emails_dir=Path(env.get("EMAILS_DIR", str(DEFAULT_EMAILS_DIR))),
+            outbox_dir=Path(outbox) if outbox else None,
+        )

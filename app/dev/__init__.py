@@ -1,0 +1,1 @@
+"""Development helpers: the local mail catcher and the `make run` launcher."""

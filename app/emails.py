@@ -1,0 +1,208 @@
+"""The course emails: MJML compiled once, personalised with Jinja2, built as MIME messages."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from html.parser import HTMLParser
+from pathlib import Path
+
+import mrml
+from jinja2 import Environment, StrictUndefined, Template
+
+from app.tokens import Links
+
+#: Tags after which the plain-text part starts a new paragraph.
+_BLOCK_TAGS = {"p", "div", "h1", "h2", "h3", "table", "tr", "ul", "ol"}
+_SKIP_TAGS = {"style", "script", "head", "title"}
+
+
+class EmailTemplateError(RuntimeError):
+    """An email template could not be compiled; the message names the file."""
+
+
+@dataclass(frozen=True)
+class CompiledEmail:
+    """One email, compiled from MJML once: Jinja templates for subject, HTML and text."""
+
+    name: str
+    subject: Template
+    html: Template
+    text: Template
+
+
+class HtmlToText(HTMLParser):
+    """Turns compiled email HTML into a plain-text body: paragraphs kept, links written out."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._parts: list[str] = []
+        self._skip_depth = 0
+        self._links: list[tuple[str, int]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        style = (attributes.get("style") or "").replace(" ", "").lower()
+        if self._skip_depth or tag in _SKIP_TAGS or "display:none" in style:
+            # Hidden content (the preheader) and styles have no place in text.
+            if tag not in {"br", "img", "meta", "link", "hr"}:
+                self._skip_depth += 1
+            return
+        if tag in _BLOCK_TAGS:
+            self._parts.append("\n\n")
+        elif tag == "br":
+            self._parts.append("\n")
+        elif tag == "li":
+            self._parts.append("\n- ")
+        elif tag == "a":
+            self._links.append((attributes.get("href") or "", len(self._parts)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._skip_depth:
+            if tag not in {"br", "img", "meta", "link", "hr"}:
+                self._skip_depth -= 1
+            return
+        if tag in _BLOCK_TAGS:
+            self._parts.append("\n\n")
+        elif tag == "a" and self._links:
+            href, start = self._links.pop()
+            label = "".join(self._parts[start:]).strip()
+            if href and href != label:
+                self._parts.append(f" ({href})" if label else href)
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip_depth:
+            self._parts.append(re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        """The text gathered so far, with tidy line breaks."""
+        lines = [line.strip() for line in "".join(self._parts).splitlines()]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def html_to_text(markup: str) -> str:
+    """A readable plain-text version of an email's HTML."""
+    parser = HtmlToText()
+    parser.feed(markup)
+    parser.close()
+    return parser.text()
+
+
+def compile_mjml(path: Path) -> mrml.Output:
+    """Compile one MJML file (its includes resolved from its folder) to HTML."""
+    options = mrml.ParserOptions(include_loader=mrml.local_loader(str(path.parent)))
+    try:
+        return mrml.to_html(path.read_text(encoding="utf-8"), parser_options=options)
+    except (OSError, ValueError) as error:
+        raise EmailTemplateError(f"{path.name}: {error}") from error
+
+
+class EmailCatalog:
+    """Every email in a folder, compiled from MJML once and kept as Jinja templates."""
+
+    def __init__(self, folder: Path) -> None:
+        self._html_env = Environment(undefined=StrictUndefined, autoescape=True)
+        self._text_env = Environment(undefined=StrictUndefined, autoescape=False)
+        self._emails: dict[str, CompiledEmail] = {}
+        for path in sorted(folder.glob("*.mjml")):
+            if path.name.startswith("_"):
+                continue  # shared parts, included by the others
+            output = compile_mjml(path)
+            if not output.title:
+                raise EmailTemplateError(f"{path.name}: no <mj-title> to use as the subject")
+            self._emails[path.stem] = CompiledEmail(
+                name=path.stem,
+                subject=self._text_env.from_string(html.unescape(output.title)),
+                html=self._html_env.from_string(output.content),
+                text=self._text_env.from_string(html_to_text(output.content)),
+            )
+        if not self._emails:
+            raise EmailTemplateError(f"no email templates found in {folder}")
+
+    @property
+    def names(self) -> list[str]:
+        """The names of every email, in order."""
+        return list(self._emails)
+
+    def get(self, name: str) -> CompiledEmail:
+        """The compiled email called `name` (like `step-03`)."""
+        try:
+            return self._emails[name]
+        except KeyError:
+            raise EmailTemplateError(f"no email template called {name!r}") from None
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who the emails come from, and what every email's footer needs."""
+
+    mail_from: str
+    postal_address: str
+    base_url: str
+    confirm_max_age: timedelta
+
+    @property
+    def domain(self) -> str:
+        """The domain of the From address (for Message-IDs)."""
+        return parseaddr(self.mail_from)[1].rpartition("@")[2] or "localhost"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who one email goes to, and which email it is."""
+
+    email: str
+    first_name: str
+    links: Links
+    message_id: str
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """One personalised email, before MIME assembly."""
+
+    subject: str
+    html: str
+    text: str
+
+
+def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> RenderedEmail:
+    """Personalise a compiled email for one recipient."""
+    context = {
+        "first_name": recipient.first_name,
+        "confirm_url": recipient.links.confirm_url,
+        "pause_url": "" if email.name == "confirmation" else recipient.links.pause_url,
+        "unsubscribe_url": recipient.links.unsubscribe_url,
+        "manage_url": recipient.links.manage_url,
+        "confirm_days": sender.confirm_max_age.days,
+        "postal_address": sender.postal_address,
+        "base_url": sender.base_url,
+    }
+    return RenderedEmail(
+        subject=email.subject.render(context).strip(),
+        html=email.html.render(context),
+        text=email.text.render(context),
+    )
+
+
+def build_message(
+    rendered: RenderedEmail, sender: Sender, recipient: Recipient, *, now: datetime
+) -> EmailMessage:
+    """The MIME message: text and HTML parts, and the headers mailbox providers expect."""
+    message = EmailMessage()
+    message["Subject"] = rendered.subject
+    message["From"] = sender.mail_from
+    message["To"] = Address(display_name=recipient.first_name, addr_spec=recipient.email)
+    message["Date"] = format_datetime(now)
+    message["Message-ID"] = recipient.message_id
+    message["List-Id"] = f"10 steps to recover from job rejection <course.{sender.domain}>"
+    message["List-Unsubscribe"] = f"<{recipient.links.unsubscribe_url}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message

@@ -1,0 +1,147 @@
+"""The tables: subscribers, their consent records and the delivery ledger."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base, UTCDateTime
+
+TOTAL_STEPS = 10
+
+
+class SubscriberStatus(StrEnum):
+    """Where a subscription stands; `drip.TRANSITIONS` says how it may move."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+#: Statuses that end a subscription: the address may subscribe afresh.
+ENDED_STATUSES = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED)
+
+
+class EmailKind(StrEnum):
+    """Which kind of email a ledger row records."""
+
+    CONFIRMATION = "confirmation"
+    STEP = "step"
+
+
+class DeliveryStatus(StrEnum):
+    """Where one email stands in the ledger."""
+
+    SENDING = "sending"
+    DEFERRED = "deferred"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def new_key() -> str:
+    """A random, unguessable public key for a subscription (what signed links carry)."""
+    return secrets.token_urlsafe(16)
+
+
+class Subscriber(Base):
+    """One subscription of one address to the course."""
+
+    __tablename__ = "subscriber"
+    __table_args__ = (
+        # One live subscription per address; ended ones stay as history.
+        Index(
+            "uq_subscriber_live_email",
+            "email",
+            unique=True,
+            postgresql_where=text("status NOT IN ('unsubscribed', 'bounced')"),
+            sqlite_where=text("status NOT IN ('unsubscribed', 'bounced')"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), unique=True, default=new_key)
+    email: Mapped[str] = mapped_column(String(320))
+    first_name: Mapped[str] = mapped_column(String(100), default="")
+    status: Mapped[SubscriberStatus] = mapped_column(String(16), default=SubscriberStatus.PENDING)
+    #: The course step to send next (1..TOTAL_STEPS).
+    next_step: Mapped[int] = mapped_column(Integer, default=1)
+    #: When the next email (confirmation or step) is due; NULL when nothing is.
+    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: A tick or worker holds this subscriber's due email until then.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: How many confirmation emails were asked for (the first sign-up and each re-send).
+    confirmations_requested: Mapped[int] = mapped_column(Integer, default=1)
+    confirmation_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Temporary failures in a row for the email now due (reset by a success).
+    send_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    consent: Mapped[Consent] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan", uselist=False
+    )
+    deliveries: Mapped[list[Delivery]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan", order_by="Delivery.id"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.id} {self.status} step={self.next_step}>"
+
+
+class Consent(Base):
+    """The record of how and when an address asked for the course and confirmed it."""
+
+    __tablename__ = "consent"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="CASCADE"), unique=True
+    )
+    source: Mapped[str] = mapped_column(String(16))
+    wording: Mapped[str] = mapped_column(Text)
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    confirmed_ip: Mapped[str | None] = mapped_column(String(45))
+    confirmed_user_agent: Mapped[str | None] = mapped_column(String(512))
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="consent")
+
+
+class Delivery(Base):
+    """The ledger: one row per email a subscription is due, so no email is sent twice."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("subscriber_id", "kind", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
+    kind: Mapped[EmailKind] = mapped_column(String(16))
+    #: The step number, or for confirmations which re-send this is.
+    number: Mapped[int] = mapped_column(Integer)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[DeliveryStatus] = mapped_column(String(16), default=DeliveryStatus.SENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="deliveries")
+
+    @property
+    def template(self) -> str:
+        """The name of the email template this row sends."""
+        if self.kind == EmailKind.CONFIRMATION:
+            return "confirmation"
+        return f"step-{self.number:02d}"

@@ -1,0 +1,95 @@
+"""The long-lived pieces one process shares: settings, database, Redis queue, emails, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+
+from redis import Redis
+from rq import Queue
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import ConfigError, Settings
+from app.db import make_engine, make_sessionmaker, utcnow
+from app.drip import Policy
+from app.emails import EmailCatalog, Sender
+from app.mailer import SmtpMailer
+from app.tokens import LinkSigner, Links
+
+
+@dataclass
+class Services:
+    """Built once per process from the settings; the web app and the worker both use one."""
+
+    settings: Settings
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    @classmethod
+    def from_env(cls) -> Services:
+        """Services for the settings in the environment."""
+        return cls(Settings.from_env())
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The database engine (one pool per process)."""
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory."""
+        return make_sessionmaker(self.engine)
+
+    @cached_property
+    def redis(self) -> Redis:
+        """The Redis connection that holds the job queue."""
+        if not self.settings.redis_url:
+            raise ConfigError("REDIS_URL is not set: start Onward with `make run` or set REDIS_URL")
+        return Redis.from_url(
+            self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10
+        )
+
+    @cached_property
+    def queue(self) -> Queue:
+        """The RQ queue the sending jobs go to."""
+        return Queue(self.settings.queue_name, connection=self.redis)
+
+    @cached_property
+    def policy(self) -> Policy:
+        """The course timing rules."""
+        return Policy(
+            step_interval=self.settings.step_interval,
+            confirm_resend_after=self.settings.confirm_resend_after,
+            claim_lease=self.settings.claim_lease,
+        )
+
+    @cached_property
+    def signer(self) -> LinkSigner:
+        """Signs and reads the links in emails."""
+        return LinkSigner(self.settings.secret_key, confirm_max_age=self.settings.confirm_max_age)
+
+    @cached_property
+    def catalog(self) -> EmailCatalog:
+        """Every email, compiled from MJML once per process."""
+        return EmailCatalog(self.settings.emails_dir)
+
+    @cached_property
+    def sender(self) -> Sender:
+        """Who the emails come from."""
+        settings = self.settings
+        return Sender(
+            mail_from=settings.mail_from,
+            postal_address=settings.postal_address,
+            base_url=settings.base_url,
+            confirm_max_age=settings.confirm_max_age,
+        )
+
+    def links(self, subscriber_key: str) -> Links:
+        """The signed links of one subscription."""
+        return Links.for_key(self.signer, self.settings.base_url, subscriber_key)
+
+    def mailer(self) -> SmtpMailer:
+        """A fresh SMTP mailer (one connection, reused for a batch)."""
+        return SmtpMailer(self.settings.smtp)

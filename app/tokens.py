@@ -1,0 +1,79 @@
+"""Signed, purpose-bound links: confirm, pause, unsubscribe and manage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+
+class Purpose(StrEnum):
+    """What a link may do; each purpose signs with its own salt."""
+
+    CONFIRM = "confirm"
+    PAUSE = "pause"
+    UNSUBSCRIBE = "unsubscribe"
+    MANAGE = "manage"
+
+
+class InvalidLink(ValueError):
+    """The link was forged, altered, cut short or made for another purpose."""
+
+
+class ExpiredLink(InvalidLink):
+    """The link was genuine but is too old for its purpose."""
+
+
+class LinkSigner:
+    """Signs a subscription key for one purpose and reads it back."""
+
+    def __init__(self, secret_key: str, *, confirm_max_age: timedelta) -> None:
+        self._serializers = {
+            purpose: URLSafeTimedSerializer(secret_key, salt=f"onward.{purpose}")
+            for purpose in Purpose
+        }
+        # Only confirmation links expire: pause, unsubscribe and manage links sit
+        # in old emails and must keep working (CAN-SPAM asks for 30 days at least).
+        self._max_age = {Purpose.CONFIRM: int(confirm_max_age.total_seconds())}
+
+    def sign(self, purpose: Purpose, subscriber_key: str) -> str:
+        """A token that lets its holder do `purpose` to this subscription."""
+        return str(self._serializers[purpose].dumps(subscriber_key))
+
+    def read(self, purpose: Purpose, token: str) -> str:
+        """The subscription key inside a token, or InvalidLink / ExpiredLink."""
+        try:
+            key = self._serializers[purpose].loads(token, max_age=self._max_age.get(purpose))
+        except SignatureExpired:
+            raise ExpiredLink(purpose) from None
+        except BadSignature:
+            raise InvalidLink(purpose) from None
+        if not isinstance(key, str):
+            raise InvalidLink(purpose)
+        return key
+
+
+@dataclass(frozen=True)
+class Links:
+    """The absolute URLs of one subscription's signed links."""
+
+    confirm_url: str
+    pause_url: str
+    unsubscribe_url: str
+    manage_url: str
+
+    @classmethod
+    def for_key(cls, signer: LinkSigner, base_url: str, subscriber_key: str) -> Links:
+        """Every link of the subscription with this key."""
+
+        def url(path: str, purpose: Purpose) -> str:
+            return f"{base_url}/{path}/{signer.sign(purpose, subscriber_key)}"
+
+        return cls(
+            confirm_url=url("confirm", Purpose.CONFIRM),
+            pause_url=url("pause", Purpose.PAUSE),
+            unsubscribe_url=url("unsubscribe", Purpose.UNSUBSCRIBE),
+            manage_url=url("manage", Purpose.MANAGE),
+        )

@@ -1,0 +1,100 @@
+"""The web side: public pages, the JSON API and the dev outbox."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from app.services import Services
+from app.tokens import ExpiredLink, InvalidLink
+
+log = logging.getLogger(__name__)
+csrf = CSRFProtect()
+
+
+class TooManyAttempts(Exception):
+    """One visitor tried to sign up too often in a short time."""
+
+
+def services() -> Services:
+    """The services of the running app."""
+    svc: Services = current_app.extensions["onward"]
+    return svc
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
+    if _wants_json():
+        return jsonify(error={"code": title.lower().replace(" ", "_"), "message": message}), status
+    return render_template("message.html", title=title, message=message), status
+
+
+def init_app(app: Flask) -> None:
+    """Register blueprints and the error pages."""
+    from app.web import api, outbox, pages
+
+    csrf.init_app(app)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)
+    if app.extensions["onward"].settings.outbox_dir is not None:
+        app.register_blueprint(outbox.bp)
+
+    @app.errorhandler(ExpiredLink)
+    def expired_link(_error_: ExpiredLink) -> tuple[Response | str, int]:
+        return _error(
+            410,
+            "Link expired",
+            "This link is too old to use. Sign up again and we'll send you a fresh one.",
+        )
+
+    @app.errorhandler(InvalidLink)
+    def invalid_link(_error_: InvalidLink) -> tuple[Response | str, int]:
+        return _error(
+            400,
+            "Link not valid",
+            "This link isn't complete or isn't valid. Please use the link exactly as it "
+            "appears in your email.",
+        )
+
+    @app.errorhandler(TooManyAttempts)
+    def too_many_attempts(_error_: TooManyAttempts) -> tuple[Response | str, int]:
+        return _error(429, "Too many attempts", "Please wait a few minutes and try again.")
+
+    @app.errorhandler(CSRFError)
+    def csrf_failed(_error_: CSRFError) -> tuple[Response | str, int]:
+        return _error(
+            400,
+            "Form expired",
+            "The form was open too long or cookies are blocked. Please reload and try again.",
+        )
+
+    @app.errorhandler(SQLAlchemyError)
+    def database_down(error: SQLAlchemyError) -> tuple[Response | str, int]:
+        log.error("database error: %s", error.__class__.__name__, exc_info=True)
+        return _error(
+            503,
+            "Temporarily unavailable",
+            "We can't reach our database right now. Nothing was changed; please try "
+            "again in a few minutes.",
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response | str, int]:
+        return _error(error.code or 500, error.name, error.description or "")
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Response | str, int]:
+        log.exception("unexpected error on %s", request.path)
+        return _error(
+            500,
+            "Something went wrong",
+            "Sorry, something went wrong on our side. Please try again in a few minutes.",
+        )

@@ -1,0 +1,113 @@
+"""Fixtures with real servers: a database, Redis, and an SMTP server in this process.
+
+- Database: a SQLite file per test, or TEST_DATABASE_URL (PostgreSQL) reset per test.
+- Redis: REDIS_URL when set, otherwise one embedded redis-server for the session.
+- SMTP: an aiosmtpd server per test that keeps what it receives and can refuse on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from flask import Flask
+from flask.testing import FlaskClient
+
+import worker.jobs
+from app import create_app
+from app.config import Settings
+from app.db import Base, create_schema
+from app.dev.embedded_redis import EmbeddedRedis
+from app.services import Services
+from tests.support import FakeClock, SmtpSink, free_port
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real Redis at REDIS_URL, or an embedded one for the whole session."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A fresh, empty database: PostgreSQL at TEST_DATABASE_URL, otherwise SQLite."""
+    return os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'onward.db'}"
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real SMTP server on a free local port."""
+    sink = SmtpSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    sink.port = controller.port  # type: ignore[attr-defined]
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, database_url: str, redis_url: str, smtp: SmtpSink
+) -> Settings:
+    return Settings(
+        base_url="https://onward.test",
+        secret_key="test-secret-key",
+        database_url=database_url,
+        redis_url=redis_url,
+        smtp_url=f"smtp://127.0.0.1:{smtp.port}",  # type: ignore[attr-defined]
+        mail_from="Onward <course@onward.test>",
+        postal_address="Onward, 1 Test Street, Testville",
+        queue_name=f"test-{uuid.uuid4().hex[:12]}",
+        instance_dir=tmp_path / "instance",
+        batch_size=50,
+    )
+
+
+@pytest.fixture
+def services(settings: Settings, clock: FakeClock) -> Iterator[Services]:
+    """Services on real servers with a fresh schema; the worker jobs use them too."""
+    svc = Services(settings, clock=clock)
+    if svc.engine.dialect.name == "postgresql":
+        Base.metadata.drop_all(svc.engine)
+    create_schema(svc.engine)
+    worker.jobs.use_services(svc)
+    try:
+        yield svc
+    finally:
+        worker.jobs.use_services(None)
+        svc.queue.empty()
+        svc.redis.close()
+        svc.engine.dispose()
+
+
+@pytest.fixture
+def app(services: Services) -> Flask:
+    flask_app = create_app(services=services)
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+

@@ -1,0 +1,128 @@
+"""Test helpers: a hand-moved clock, an SMTP sink, a real RQ worker run, form tokens."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from flask.testing import FlaskClient
+from rq import SimpleWorker
+from rq.registry import FailedJobRegistry
+
+from app.services import Services
+
+
+class FakeClock:
+    """A clock the tests move by hand."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> datetime:
+        self.now += delta
+        return self.now
+
+
+@dataclass
+class Received:
+    """One message the SMTP server accepted."""
+
+    envelope_from: str
+    envelope_to: list[str]
+    message: EmailMessage
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"])
+
+    @property
+    def text(self) -> str:
+        part = self.message.get_body(preferencelist=("plain",))
+        assert part is not None
+        return str(part.get_content())
+
+    @property
+    def html(self) -> str:
+        part = self.message.get_body(preferencelist=("html",))
+        assert part is not None
+        return str(part.get_content())
+
+    def link(self, path: str) -> str:
+        """The first absolute link in the text part whose path starts with `path`."""
+        match = re.search(rf"https?://[^\s()]+/{path}/[^\s()]+", self.text)
+        assert match, f"no /{path}/ link in email {self.subject!r}"
+        return match.group(0)
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server's handler: keeps messages, refuses recipients as told."""
+
+    messages: list[Received] = field(default_factory=list)
+    #: recipient address -> (code, text) to answer RCPT TO with.
+    refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        with self.lock:
+            self.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            code, text = self.refuse[address]
+            return f"{code} {text}"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        message = BytesParser(policy=policy.default).parsebytes(envelope.content)
+        assert isinstance(message, EmailMessage)
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
+        return "250 Message accepted"
+
+    def to(self, address: str) -> list[Received]:
+        """Messages received for one address, in order."""
+        return [m for m in self.messages if address in m.envelope_to]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_worker(services: Services) -> None:
+    """Run a real RQ worker until the queue is empty; fail on any failed job."""
+    SimpleWorker([services.queue], connection=services.redis).work(burst=True)
+    failed = FailedJobRegistry(queue=services.queue)
+    job_ids = failed.get_job_ids()
+    if job_ids:
+        job = services.queue.fetch_job(job_ids[0])
+        reason = job.latest_result().exc_string if job and job.latest_result() else "?"
+        raise AssertionError(f"{len(job_ids)} job(s) failed: {reason}")
+
+
+def csrf_token(client: FlaskClient) -> str:
+    """The CSRF token of the subscribe form, as a browser would read it."""
+    page = client.get("/").get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match
+    return match.group(1)

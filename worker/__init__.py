@@ -1,0 +1,1 @@
+"""The sending side of Onward: RQ jobs and the periodic tick."""

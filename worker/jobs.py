@@ -1,0 +1,33 @@
+"""Thin RQ jobs: they take ids, load what they need and call the course logic."""
+
+from __future__ import annotations
+
+import logging
+
+from app.services import Services
+from app.sending import send_batch as send_batch_for
+
+log = logging.getLogger(__name__)
+
+_services: Services | None = None
+
+
+def services() -> Services:
+    """This process's services, built from the environment on first use."""
+    global _services
+    if _services is None:
+        _services = Services.from_env()
+    return _services
+
+
+def use_services(replacement: Services | None) -> None:
+    """Make the jobs in this process use `replacement` (tests, launchers)."""
+    global _services
+    _services = replacement
+
+
+def send_batch(subscriber_ids: list[int]) -> dict[str, int]:
+    """Send the due email of each listed subscription; return counts by outcome."""
+    report = send_batch_for(services(), subscriber_ids).as_dict()
+    log.info("batch of %d: %s", len(subscriber_ids), report)
+    return report

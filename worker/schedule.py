@@ -1,0 +1,72 @@
+"""The periodic tick: find due emails in the database and queue them for the workers.
+
+Run it as `python -m worker.schedule` (one or more; a second one sends nothing twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import ConfigError
+from app.sending import dispatch
+from app.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def tick(services: Services) -> int:
+    """Queue every email due now; return how many subscriptions were queued."""
+    return dispatch(services, now=services.clock())
+
+
+def run_forever(services: Services, stop: threading.Event) -> None:
+    """Tick every TICK_INTERVAL until `stop` is set; outages are logged and retried."""
+    interval = services.settings.tick_seconds
+    log.info("scheduler ticking every %ss", interval)
+    while not stop.is_set():
+        try:
+            queued = tick(services)
+            if queued:
+                log.info("queued %d due emails", queued)
+        except SQLAlchemyError as error:
+            log.error("database unavailable, will retry: %s", error.__class__.__name__)
+        except RedisError as error:
+            log.error("Redis unavailable, will retry: %s", error)
+        stop.wait(interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: tick forever, or once with --once."""
+    parser = argparse.ArgumentParser(description="Queue due course emails.")
+    parser.add_argument("--once", action="store_true", help="tick once and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s")
+    try:
+        services = Services.from_env()
+        if args.once:
+            print(f"queued {tick(services)}")
+            return 0
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    run_forever(services, stop)
+    log.info("scheduler stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
