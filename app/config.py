@@ -48,7 +48,7 @@ class SmtpSettings:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpSettings:
-        """Read `smtp://user:pass@host:port?starttls=true` (or `smtps://` for implicit TLS)."""
+        """Read `smtp://user:pass@host:port?starttls=true&timeout=30` (`smtps://`: implicit TLS)."""
         parts = urlsplit(url)
         if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
             raise ConfigError(f"SMTP_URL must look like smtp://host:port, got {url!r}")
@@ -65,6 +65,7 @@ class SmtpSettings:
             password=unquote(parts.password) if parts.password else None,
             starttls=query.get("starttls", "false").lower() in {"1", "true", "yes"},
             tls=tls,
+            timeout=float(query.get("timeout", "30")),
         )
 
 

@@ -53,8 +53,8 @@ class SmtpMailer:
 
     def _connect(self) -> smtplib.SMTP:
         settings = self._settings
+        connection: smtplib.SMTP | None = None
         try:
-            connection: smtplib.SMTP
             if settings.tls:
                 connection = smtplib.SMTP_SSL(
                     settings.host,
@@ -71,8 +71,11 @@ class SmtpMailer:
             if settings.username:
                 connection.login(settings.username, settings.password or "")
         except smtplib.SMTPAuthenticationError as error:
+            connection.close()  # type: ignore[union-attr]  (login needs a connection)
             raise RelayUnavailable(f"SMTP login refused by {settings.host}: {error}") from error
         except (OSError, smtplib.SMTPException) as error:
+            if connection is not None:
+                connection.close()
             raise RelayUnavailable(
                 f"cannot reach SMTP relay {settings.host}:{settings.port}: {error}"
             ) from error

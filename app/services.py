@@ -90,6 +90,13 @@ class Services:
         """The signed links of one subscription."""
         return Links.for_key(self.signer, self.settings.base_url, subscriber_key)
 
+    def close(self) -> None:
+        """Close the database pool and the Redis connection, if they were opened."""
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "redis" in self.__dict__:
+            self.redis.close()
+
     def mailer(self) -> SmtpMailer:
         """A fresh SMTP mailer (one connection, reused for a batch)."""
         return SmtpMailer(self.settings.smtp)

@@ -95,8 +95,7 @@ def services(settings: Settings, clock: FakeClock) -> Iterator[Services]:
     finally:
         worker.jobs.use_services(None)
         svc.queue.empty()
-        svc.redis.close()
-        svc.engine.dispose()
+        svc.close()
 
 
 @pytest.fixture
