@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -52,11 +52,7 @@ class SmtpSettings:
         parts = urlsplit(url)
         if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
             raise ConfigError(f"SMTP_URL must look like smtp://host:port, got {url!r}")
-        query = dict(
-            item.split("=", 1) if "=" in item else (item, "true")
-            for item in parts.query.split("&")
-            if item
-        )
+        query = dict(parse_qsl(parts.query))
         tls = parts.scheme == "smtps"
         return cls(
             host=parts.hostname,

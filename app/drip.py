@@ -140,7 +140,9 @@ def subscribe(
     (unsubscribed, bounced) starts afresh with a new consent record.
     """
     live = session.scalar(
-        select(Subscriber).where(Subscriber.email == email, Subscriber.status.not_in(ENDED_STATUSES))
+        select(Subscriber).where(
+            Subscriber.email == email, Subscriber.status.not_in(ENDED_STATUSES)
+        )
     )
     if live is not None:
         return SubscribeResult(_ask_again(live, policy, now), live.id)
@@ -362,7 +364,9 @@ def begin_delivery(
         # this module, which does both in one transaction): move it on now.
         _advance(subscriber, kind, number, policy, now)
         return None
-    elif delivery.status == DeliveryStatus.SENDING and now - delivery.started_at < policy.claim_lease:
+    elif (
+        delivery.status == DeliveryStatus.SENDING and now - delivery.started_at < policy.claim_lease
+    ):
         return None
     else:
         delivery.status = DeliveryStatus.SENDING

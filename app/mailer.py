@@ -70,12 +70,11 @@ class SmtpMailer:
                 connection.ehlo()
             if settings.username:
                 connection.login(settings.username, settings.password or "")
-        except smtplib.SMTPAuthenticationError as error:
-            connection.close()  # type: ignore[union-attr]  (login needs a connection)
-            raise RelayUnavailable(f"SMTP login refused by {settings.host}: {error}") from error
         except (OSError, smtplib.SMTPException) as error:
             if connection is not None:
                 connection.close()
+            if isinstance(error, smtplib.SMTPAuthenticationError):
+                raise RelayUnavailable(f"SMTP login refused by {settings.host}: {error}") from error
             raise RelayUnavailable(
                 f"cannot reach SMTP relay {settings.host}:{settings.port}: {error}"
             ) from error

@@ -17,7 +17,7 @@ from app.db import make_engine, make_sessionmaker, utcnow
 from app.drip import Policy
 from app.emails import EmailCatalog, Sender
 from app.mailer import SmtpMailer
-from app.tokens import LinkSigner, Links
+from app.tokens import Links, LinkSigner
 
 
 @dataclass
@@ -47,9 +47,7 @@ class Services:
         """The Redis connection that holds the job queue."""
         if not self.settings.redis_url:
             raise ConfigError("REDIS_URL is not set: start Onward with `make run` or set REDIS_URL")
-        return Redis.from_url(
-            self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10
-        )
+        return Redis.from_url(self.settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
 
     @cached_property
     def queue(self) -> Queue:

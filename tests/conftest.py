@@ -65,9 +65,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path, database_url: str, redis_url: str, smtp: SmtpSink
-) -> Settings:
+def settings(tmp_path: Path, database_url: str, redis_url: str, smtp: SmtpSink) -> Settings:
     return Settings(
         base_url="https://onward.test",
         secret_key="test-secret-key",
@@ -108,5 +106,3 @@ def app(services: Services) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-

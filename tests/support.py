@@ -74,7 +74,7 @@ class SmtpSink:
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_EHLO(  # noqa: N802
+    async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         with self.lock:
@@ -82,7 +82,7 @@ class SmtpSink:
         session.host_name = hostname
         return responses
 
-    async def handle_RCPT(  # noqa: N802
+    async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         if address in self.refuse:
@@ -91,7 +91,7 @@ class SmtpSink:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = BytesParser(policy=policy.default).parsebytes(envelope.content)
         assert isinstance(message, EmailMessage)
         with self.lock:

@@ -17,7 +17,9 @@ from tests.support import FakeClock
 S = SubscriberStatus
 
 
-def sign_up(session: Session, services: Services, email: str, now: datetime) -> drip.SubscribeResult:
+def sign_up(
+    session: Session, services: Services, email: str, now: datetime
+) -> drip.SubscribeResult:
     return drip.subscribe(
         session,
         email,
@@ -95,7 +97,9 @@ def test_a_second_sign_up_re_sends_the_confirmation_only_after_a_while(
             subscriber.next_send_at = None
             clock.advance(timedelta(hours=1))
             outcomes.append(sign_up(session, services, "ada@example.com", clock.now).outcome)
-        assert outcomes.count(drip.SubscribeOutcome.CONFIRMATION_RESENT) == drip.MAX_CONFIRMATIONS - 2
+        assert (
+            outcomes.count(drip.SubscribeOutcome.CONFIRMATION_RESENT) == drip.MAX_CONFIRMATIONS - 2
+        )
 
 
 def test_signing_up_again_after_unsubscribing_starts_a_new_subscription(
@@ -151,9 +155,7 @@ def test_only_due_subscriptions_are_claimed(services: Services, clock: FakeClock
         drip.pause(session, session.get_one(Subscriber, paused), now=clock.now)
         session.get_one(Subscriber, later).next_send_at = clock.now + timedelta(hours=1)
     with session_scope(services.sessions) as session:
-        claimed = drip.claim_due(
-            session, now=clock.now, lease=timedelta(minutes=5), limit=10
-        )
+        claimed = drip.claim_due(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
     assert claimed == [due]
 
 

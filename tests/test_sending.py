@@ -151,7 +151,7 @@ def test_concurrent_workers_never_send_a_step_twice(
         try:
             barrier.wait()
             send_batch(services, ids)
-        except BaseException as error:  # noqa: BLE001  (reported below)
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -163,9 +163,7 @@ def test_concurrent_workers_never_send_a_step_twice(
     assert sorted(r.envelope_to[0] for r in smtp.messages) == sorted(
         f"p{n}@example.com" for n in range(30)
     )
-    assert ledger(services) == Counter(
-        {(n, "step", 1, str(DeliveryStatus.SENT)): 1 for n in ids}
-    )
+    assert ledger(services) == Counter({(n, "step", 1, str(DeliveryStatus.SENT)): 1 for n in ids})
 
 
 def test_two_ticks_at_once_queue_each_subscriber_once(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from app.services import Services
 from app.sending import send_batch as send_batch_for
+from app.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ class OutboxHandler:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         partial = self.folder / f".{name}.tmp"
         partial.write_bytes(envelope.original_content or envelope.content)

@@ -53,8 +53,17 @@ class Launch:
         commands = {
             "web": [python, "-m", "flask", "--app", "app", "run", "--port", port, "--no-reload"],
             "worker": [
-                python, "-m", "rq.cli", "worker", "--url", self.env["REDIS_URL"],
-                "--worker-class", "rq.worker.SimpleWorker", "--path", ".", queue,
+                python,
+                "-m",
+                "rq.cli",
+                "worker",
+                "--url",
+                self.env["REDIS_URL"],
+                "--worker-class",
+                "rq.worker.SimpleWorker",
+                "--path",
+                ".",
+                queue,
             ],
             "scheduler": [python, "-m", "worker.schedule"],
         }
@@ -90,8 +99,11 @@ def main() -> int:
     port = os.environ.get("PORT", "5000")
     try:
         create_schema(make_engine(settings.database_url))
-    except Exception as error:  # noqa: BLE001  (any failure here is a setup problem to report)
-        print(f"onward: cannot prepare the database {settings.database_url!r}: {error}", file=sys.stderr)
+    except Exception as error:
+        print(
+            f"onward: cannot prepare the database {settings.database_url!r}: {error}",
+            file=sys.stderr,
+        )
         return 2
     launch = Launch(settings)
     stopping = threading.Event()
@@ -111,8 +123,13 @@ def main() -> int:
             f"  Subscribe page:  {settings.base_url}/\n"
             + (f"  Dev outbox:      {settings.base_url}/dev/outbox/{outbox}\n" if outbox else "")
             + f"  Database:        {settings.database_url}\n"
-            f"  Redis:           {launch.env['REDIS_URL']}\n"
+            f"  Redis:           {launch.env['REDIS_URL']}"
+            + (f" (embedded, pid {launch.redis.pid})" if launch.redis else "")
+            + "\n"
             f"  Step interval:   {settings.step_interval}\n"
+            "  Processes:       "
+            + " ".join(f"{name}={p.pid}" for name, p in launch.processes.items())
+            + "\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
@@ -122,7 +139,7 @@ def main() -> int:
                 log.error("%s stopped unexpectedly; shutting everything down", ", ".join(dead))
                 exit_code = 1
                 break
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         log.error("could not start: %s", error)
         exit_code = 1
     finally:

@@ -38,11 +38,15 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import api, outbox, pages
+    from app.web import api, links, outbox, pages
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(links.bp)
     app.register_blueprint(api.bp)
+    # Signed links carry their own proof, and the API takes JSON only (which a
+    # cross-site form cannot send): neither needs a CSRF token.
+    csrf.exempt(links.bp)
     csrf.exempt(api.bp)
     if app.extensions["onward"].settings.outbox_dir is not None:
         app.register_blueprint(outbox.bp)

@@ -21,7 +21,9 @@ def _error(status: int, code: str, message: str) -> tuple[Response, int]:
 def subscribe() -> tuple[Response, int]:
     """Sign up `{"email": ..., "first_name": ...}`: 202 for every valid address, 400 if not."""
     if not request.is_json:
-        return _error(415, "unsupported_media_type", "Send a JSON body (Content-Type: application/json).")
+        return _error(
+            415, "unsupported_media_type", "Send a JSON body (Content-Type: application/json)."
+        )
     payload = request.get_json(silent=True)
     if not isinstance(payload, dict):
         return _error(400, "invalid_json", "The body must be a JSON object.")

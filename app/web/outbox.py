@@ -30,7 +30,7 @@ def _read(path: Path) -> EmailMessage:
 
 def _body(message: EmailMessage, subtype: str) -> str:
     part = message.get_body(preferencelist=(subtype,))
-    return part.get_content() if part is not None else ""  # type: ignore[no-any-return]
+    return part.get_content() if part is not None else ""
 
 
 @bp.get("/")

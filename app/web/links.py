@@ -1,0 +1,177 @@
+"""Pages behind the signed links in emails: confirm, pause and resume, unsubscribe, manage.
+
+The token in the URL is the proof: these views need no cookie and no CSRF token,
+which RFC 8058 one-click unsubscribe requires. A GET never changes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flask import Blueprint, Response, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Response as BaseResponse
+
+from app import drip
+from app.db import session_scope
+from app.models import TOTAL_STEPS, Subscriber, SubscriberStatus
+from app.tokens import Purpose
+from app.web import services
+from app.web.pages import client_ip, send_soon
+
+bp = Blueprint("links", __name__)
+S = SubscriberStatus
+
+
+@contextmanager
+def subscriber_from(purpose: Purpose, token: str) -> Iterator[tuple[Session, Subscriber]]:
+    """The subscription a signed link points at, in a session that commits on success."""
+    key = services().signer.read(purpose, token)
+    with session_scope(services().sessions) as session:
+        subscriber = drip.find_by_key(session, key)
+        if subscriber is None:
+            raise NotFound(
+                "We couldn't find this subscription. It may have been deleted at your request."
+            )
+        yield session, subscriber
+
+
+@bp.route("/confirm/<token>", methods=["GET", "POST"])
+def confirm(token: str) -> str:
+    with subscriber_from(Purpose.CONFIRM, token) as (session, subscriber):
+        if request.method == "GET" or subscriber.status != S.PENDING:
+            # A GET never changes anything: mail scanners open links too.
+            return render_template("confirm.html", subscriber=subscriber, token=token)
+        svc = services()
+        drip.confirm(
+            session,
+            subscriber,
+            ip=client_ip(),
+            user_agent=request.user_agent.string,
+            now=svc.clock(),
+        )
+        subscriber_id = subscriber.id
+        manage_url = svc.links(subscriber.key).manage_url
+    send_soon(subscriber_id)
+    return render_template("confirmed.html", manage_url=manage_url)
+
+
+@bp.route("/pause/<token>", methods=["GET", "POST"])
+def pause(token: str) -> str:
+    svc = services()
+    with subscriber_from(Purpose.PAUSE, token) as (session, subscriber):
+        action = request.form.get("action")
+        if request.method == "POST" and action == "pause":
+            drip.pause(session, subscriber, now=svc.clock())
+        elif request.method == "POST" and action == "resume":
+            drip.resume(session, subscriber, policy=svc.policy, now=svc.clock())
+        return render_template(
+            "pause.html",
+            subscriber=subscriber,
+            token=token,
+            changed=request.method == "POST",
+            manage_url=svc.links(subscriber.key).manage_url,
+        )
+
+
+@bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
+def unsubscribe(token: str) -> str:
+    """GET shows one button; POST (the button, or RFC 8058 one-click) unsubscribes at once."""
+    svc = services()
+    with subscriber_from(Purpose.UNSUBSCRIBE, token) as (session, subscriber):
+        if request.method == "POST":
+            drip.unsubscribe(session, subscriber, now=svc.clock())
+        return render_template(
+            "unsubscribe.html",
+            subscriber=subscriber,
+            token=token,
+            manage_url=svc.links(subscriber.key).manage_url,
+        )
+
+
+@bp.get("/manage/<token>")
+def manage(token: str) -> str:
+    svc = services()
+    with subscriber_from(Purpose.MANAGE, token) as (_session, subscriber):
+        return render_template(
+            "manage.html",
+            subscriber=subscriber,
+            token=token,
+            received=drip.progress(subscriber),
+            total=TOTAL_STEPS,
+            interval=svc.settings.step_interval,
+        )
+
+
+@bp.post("/manage/<token>/<action>")
+def manage_action(token: str, action: str) -> BaseResponse | str:
+    svc = services()
+    with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
+        now = svc.clock()
+        if action == "pause":
+            drip.pause(session, subscriber, now=now)
+        elif action == "resume":
+            drip.resume(session, subscriber, policy=svc.policy, now=now)
+        elif action == "unsubscribe":
+            drip.unsubscribe(session, subscriber, now=now)
+        elif action == "delete":
+            drip.forget(session, subscriber)
+        else:
+            raise NotFound("There is no such action.")
+    if action == "delete":
+        return render_template(
+            "message.html",
+            title="Your data is deleted",
+            message="We have erased your address and everything we kept about your "
+            "subscription. You won't hear from us again.",
+        )
+    return redirect(url_for("links.manage", token=token), code=303)
+
+
+@bp.get("/manage/<token>/data.json")
+def export(token: str) -> Response:
+    """Everything kept about the subscription, as a JSON download."""
+    with subscriber_from(Purpose.MANAGE, token) as (_session, subscriber):
+        data = subscriber_data(subscriber)
+    return Response(
+        json.dumps(data, indent=2),
+        mimetype="application/json",
+        headers={"Content-Disposition": "attachment; filename=onward-my-data.json"},
+    )
+
+
+def subscriber_data(subscriber: Subscriber) -> dict[str, object]:
+    """The subscription, its consent record and its ledger, as plain data."""
+
+    def when(value: object) -> str | None:
+        return value.isoformat() if hasattr(value, "isoformat") else None
+
+    consent = subscriber.consent
+    return {
+        "email": subscriber.email,
+        "first_name": subscriber.first_name,
+        "status": str(subscriber.status),
+        "steps_received": drip.progress(subscriber),
+        "signed_up_at": when(subscriber.created_at),
+        "next_email_at": when(subscriber.next_send_at),
+        "consent": {
+            "source": consent.source,
+            "wording": consent.wording,
+            "ip": consent.ip,
+            "user_agent": consent.user_agent,
+            "requested_at": when(consent.requested_at),
+            "confirmed_at": when(consent.confirmed_at),
+            "confirmed_ip": consent.confirmed_ip,
+        },
+        "emails": [
+            {
+                "email": delivery.template,
+                "status": str(delivery.status),
+                "sent_at": when(delivery.sent_at),
+            }
+            for delivery in subscriber.deliveries
+        ],
+    }
