@@ -23,6 +23,9 @@ SEND_BATCH_JOB = "worker.jobs.send_batch"
 #: How long a finished job's record stays in Redis (the ledger is the real record).
 JOB_RESULT_TTL = 3600
 JOB_FAILURE_TTL = 7 * 24 * 3600
+#: A batch job is stopped after this long; well inside the claim lease, so a
+#: stopped job's subscriptions are not claimed again while it still runs.
+JOB_TIMEOUT = 300
 
 
 @dataclass
@@ -71,6 +74,7 @@ def dispatch(services: Services, *, now: datetime, ids: list[int] | None = None)
                 SEND_BATCH_JOB,
                 claimed,
                 job_id=batch_job_id(claimed, now),
+                job_timeout=JOB_TIMEOUT,
                 result_ttl=JOB_RESULT_TTL,
                 failure_ttl=JOB_FAILURE_TTL,
                 description=f"send {len(claimed)} due emails",

@@ -39,6 +39,16 @@ def send_soon(subscriber_id: int) -> None:
         log.warning("could not queue subscriber %s now: %s", subscriber_id, error)
 
 
+def within_rate_limit(key: str) -> bool:
+    """Count a sign-up attempt against `key`; without Redis configured, allow it."""
+    svc = services()
+    try:
+        redis = svc.redis
+    except ConfigError:
+        return True
+    return ratelimit.allow(redis, key, limit=svc.settings.subscribe_rate_limit, window_seconds=600)
+
+
 def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
     """Sign an address up; return an error message for the visitor, or None if accepted.
 
@@ -46,12 +56,7 @@ def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
     """
     svc = services()
     settings = svc.settings
-    if not ratelimit.allow(
-        svc.redis,
-        f"{settings.queue_name}:ratelimit:subscribe:{client_ip()}",
-        limit=settings.subscribe_rate_limit,
-        window_seconds=600,
-    ):
+    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{client_ip()}"):
         raise TooManyAttempts()
     try:
         email = drip.normalize_email(
