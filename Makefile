@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format install clean
+.PHONY: run test bench lint format install clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench.sending
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

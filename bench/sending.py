@@ -1,0 +1,133 @@
+"""Print how fast Onward renders and sends: `make bench`.
+
+Figures, not assertions: per-message render and MIME build time, and the rate of
+a real batch (ledger writes included) into an SMTP server on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+from app.config import Settings
+from app.db import create_schema, session_scope, utcnow
+from app.drip import confirm, subscribe
+from app.emails import Recipient, build_message, render
+from app.models import Subscriber
+from app.sending import send_batch
+from app.services import Services
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class CountingSink:
+    """An SMTP handler that only counts what it accepts."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    async def handle_DATA(self, _server: object, _session: object, _envelope: object) -> str:
+        self.accepted += 1
+        return "250 OK"
+
+
+def bench_render(services: Services, rounds: int) -> None:
+    recipient = Recipient(
+        email="ada@example.com",
+        first_name="Ada",
+        links=services.links("benchmark-key"),
+        message_id="<bench@onward.test>",
+    )
+    email = services.catalog.get("step-03")
+    now = utcnow()
+    render_times, build_times = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        rendered = render(email, services.sender, recipient)
+        middle = time.perf_counter()
+        message = build_message(rendered, services.sender, recipient, now=now)
+        message.as_bytes()
+        end = time.perf_counter()
+        render_times.append(middle - start)
+        build_times.append(end - middle)
+    size = len(rendered.html.encode())
+    print(f"render (Jinja, HTML+text):   median {statistics.median(render_times) * 1e6:8.0f} µs")
+    print(f"MIME build + serialise:      median {statistics.median(build_times) * 1e6:8.0f} µs")
+    print(f"HTML size of step-03:        {size / 1024:.1f} KB")
+
+
+def bench_batch(services: Services, count: int, port: int) -> None:
+    now = utcnow()
+    with session_scope(services.sessions) as session:
+        for n in range(count):
+            result = subscribe(
+                session,
+                f"reader{n}@example.com",
+                source="bench",
+                wording="bench",
+                ip=None,
+                user_agent=None,
+                policy=services.policy,
+                now=now,
+            )
+            confirm(
+                session,
+                session.get_one(Subscriber, result.subscriber_id),
+                ip=None,
+                user_agent=None,
+                now=now,
+            )
+    with session_scope(services.sessions) as session:
+        ids = [s.id for s in session.query(Subscriber).all()]
+    start = time.perf_counter()
+    report = send_batch(services, ids)
+    elapsed = time.perf_counter() - start
+    print(
+        f"batch of {count} into SMTP on 127.0.0.1:{port}: {elapsed:.2f} s, "
+        f"{count / elapsed:.0f} emails/s ({report.as_dict()})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--emails", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=500)
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        sink = CountingSink()
+        port = free_port()
+        controller = Controller(sink, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            settings = Settings(
+                base_url="https://onward.example",
+                database_url=args.database_url or f"sqlite:///{Path(folder) / 'bench.db'}",
+                smtp_url=f"smtp://127.0.0.1:{port}",
+            )
+            services = Services(settings)
+            create_schema(services.engine)
+            start = time.perf_counter()
+            services.catalog.get("step-01")
+            print(
+                f"compile all MJML templates:  {(time.perf_counter() - start) * 1e3:8.1f} ms (once per process)"
+            )
+            bench_render(services, args.rounds)
+            bench_batch(services, args.emails, port)
+            services.close()
+        finally:
+            controller.stop()
+
+
+if __name__ == "__main__":
+    main()
