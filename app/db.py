@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,10 @@ def make_engine(database_url: str) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        # Create the folder if we can; if not, connecting fails with a clear
+        # database error (which the web app answers with 503), not an OSError.
+        with suppress(OSError):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None hands transaction control to the "begin" hook below.
     engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
 

@@ -7,6 +7,7 @@ The web app and the worker both call these, and tests move time by passing `now`
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -108,9 +109,18 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
     if len(candidate) > 254:
         raise InvalidEmail("That email address is too long.")
     try:
-        return validate_email(candidate, check_deliverability=check_deliverability).normalized
+        address = validate_email(candidate, check_deliverability=check_deliverability).normalized
     except EmailNotValidError as error:
         raise InvalidEmail(f"That doesn't look like a valid email address: {error}") from None
+    # Mailbox providers treat the local part case-insensitively, and so do we:
+    # Ada@example.com and ada@example.com are one subscriber.
+    return address.lower()
+
+
+def clean_name(raw: str) -> str:
+    """A first name fit for a greeting and a To header: no control characters, one line."""
+    printable = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in raw or "")
+    return " ".join(printable.split())[:100]
 
 
 def _move(subscriber: Subscriber, action: str) -> bool:
@@ -148,7 +158,7 @@ def subscribe(
         return SubscribeResult(_ask_again(live, policy, now), live.id)
     subscriber = Subscriber(
         email=email,
-        first_name=first_name.strip()[:100],
+        first_name=clean_name(first_name),
         status=S.PENDING,
         created_at=now,
         next_send_at=now,

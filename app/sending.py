@@ -8,12 +8,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from jinja2 import TemplateError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import drip
 from app.db import session_scope
-from app.emails import Recipient, build_message, render
+from app.emails import EmailTemplateError, Recipient, build_message, render
 from app.mailer import PermanentFailure, RelayUnavailable, TemporaryFailure
 from app.services import Services
 
@@ -118,8 +119,18 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 links=services.links(planned.subscriber_key),
                 message_id=planned.message_id,
             )
-            rendered = render(services.catalog.get(planned.template), services.sender, recipient)
-            message = build_message(rendered, services.sender, recipient, now=now)
+            try:
+                rendered = render(
+                    services.catalog.get(planned.template), services.sender, recipient
+                )
+                message = build_message(rendered, services.sender, recipient, now=now)
+            except (ValueError, TemplateError, EmailTemplateError) as error:
+                # One email that cannot be built must not hold up the batch; it is
+                # retried with backoff (a fixed template goes out on the next try).
+                log.exception("cannot build email for delivery %s", planned.delivery_id)
+                _record_deferral(services, planned, repr(error), now, against_recipient=True)
+                report.add("deferred")
+                continue
             try:
                 mailer.send(message)
             except RelayUnavailable as error:

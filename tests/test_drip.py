@@ -55,12 +55,18 @@ def send_due_step(services: Services, subscriber_id: int, now: datetime) -> drip
 
 
 def test_normalize_email_accepts_real_addresses_and_explains_bad_ones() -> None:
-    assert drip.normalize_email("  Ada@Example.COM ") == "Ada@example.com"
+    assert drip.normalize_email("  Ada@Example.COM ") == "ada@example.com"
     for bad, reason in [("", "enter your email"), ("nope", "valid"), ("a@b", "valid")]:
         with pytest.raises(drip.InvalidEmail, match=reason):
             drip.normalize_email(bad)
     with pytest.raises(drip.InvalidEmail, match="too long"):
         drip.normalize_email("a" * 250 + "@example.com")
+
+
+def test_first_names_are_kept_to_one_printable_line() -> None:
+    assert drip.clean_name("  Ada\r\nBcc: x@y\t ") == "Ada Bcc: x@y"
+    assert drip.clean_name("Zoë\u0000") == "Zoë"
+    assert len(drip.clean_name("x" * 500)) == 100
 
 
 def test_sign_up_creates_a_pending_subscription_with_consent_and_a_due_confirmation(

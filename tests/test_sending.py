@@ -243,3 +243,17 @@ def test_step_emails_wait_for_their_time(
     assert tick(services) == 0
     clock.advance(timedelta(seconds=1))
     assert tick(services) == 1
+
+
+def test_an_email_that_cannot_be_built_does_not_hold_up_its_batch(
+    services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    ids = [active_subscriber(services, f"p{n}@example.com", clock.now) for n in range(3)]
+    with session_scope(services.sessions) as session:
+        # A row written before names were cleaned: the To header would refuse it.
+        session.get_one(Subscriber, ids[1]).first_name = "Eve\r\nBcc: all@example.com"
+    assert send_batch(services, ids).as_dict() == {"sent": 2, "deferred": 1}
+    assert sorted(r.envelope_to[0] for r in smtp.messages) == ["p0@example.com", "p2@example.com"]
+    assert status_of(services, ids[1]) == SubscriberStatus.ACTIVE
+    with session_scope(services.sessions) as session:
+        assert "ValueError" in (session.get_one(Subscriber, ids[1]).last_error or "")

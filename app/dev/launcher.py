@@ -91,6 +91,8 @@ class Launch:
 def main() -> int:
     """Run everything until Ctrl-C or SIGTERM; exit non-zero if a process dies."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(message)s")
+    # The mail catcher logs every SMTP command at INFO; the outbox page shows the mail.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
     except ConfigError as error:
@@ -126,7 +128,7 @@ def main() -> int:
             f"  Redis:           {launch.env['REDIS_URL']}"
             + (f" (embedded, pid {launch.redis.pid})" if launch.redis else "")
             + "\n"
-            f"  Step interval:   {settings.step_interval}\n"
+            f"  Step interval:   {os.environ.get('STEP_INTERVAL', '2d')}\n"
             "  Processes:       "
             + " ".join(f"{name}={p.pid}" for name, p in launch.processes.items())
             + "\n"

@@ -42,8 +42,8 @@ def subscriber_from(purpose: Purpose, token: str) -> Iterator[tuple[Session, Sub
 @bp.route("/confirm/<token>", methods=["GET", "POST"])
 def confirm(token: str) -> str:
     with subscriber_from(Purpose.CONFIRM, token) as (session, subscriber):
-        if request.method == "GET" or subscriber.status != S.PENDING:
-            # A GET never changes anything: mail scanners open links too.
+        if request.method != "POST" or subscriber.status != S.PENDING:
+            # Only the button (a POST) confirms: mail scanners GET and HEAD links too.
             return render_template("confirm.html", subscriber=subscriber, token=token)
         svc = services()
         drip.confirm(
@@ -63,16 +63,17 @@ def confirm(token: str) -> str:
 def pause(token: str) -> str:
     svc = services()
     with subscriber_from(Purpose.PAUSE, token) as (session, subscriber):
-        action = request.form.get("action")
-        if request.method == "POST" and action == "pause":
+        action = request.form.get("action") if request.method == "POST" else None
+        resumed = False
+        if action == "pause":
             drip.pause(session, subscriber, now=svc.clock())
-        elif request.method == "POST" and action == "resume":
-            drip.resume(session, subscriber, policy=svc.policy, now=svc.clock())
+        elif action == "resume":
+            resumed = drip.resume(session, subscriber, policy=svc.policy, now=svc.clock())
         return render_template(
             "pause.html",
             subscriber=subscriber,
             token=token,
-            changed=request.method == "POST",
+            resumed=resumed,
             manage_url=svc.links(subscriber.key).manage_url,
         )
 
