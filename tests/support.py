@@ -15,7 +15,11 @@ from typing import Any
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
+from sqlalchemy.orm import Session
 
+from app import drip
+from app.db import session_scope
+from app.models import Subscriber
 from app.services import Services
 
 
@@ -126,3 +130,36 @@ def csrf_token(client: FlaskClient) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert match
     return match.group(1)
+
+
+def sign_up(
+    session: Session, services: Services, email: str, now: datetime
+) -> drip.SubscribeResult:
+    return drip.subscribe(
+        session,
+        email,
+        first_name="",
+        source="api",
+        wording="test wording",
+        ip="192.0.2.1",
+        user_agent="pytest",
+        policy=services.policy,
+        now=now,
+    )
+
+
+def active_subscriber(services: Services, email: str, now: datetime) -> int:
+    """A confirmed subscription whose step 1 is due at `now`."""
+    with session_scope(services.sessions) as session:
+        result = sign_up(session, services, email, now)
+        subscriber = session.get_one(Subscriber, result.subscriber_id)
+        assert drip.confirm(session, subscriber, ip=None, user_agent=None, now=now)
+        return subscriber.id
+
+
+def begin(services: Services, subscriber_id: int, now: datetime) -> drip.PlannedEmail | None:
+    """Ask the ledger to send the subscription's due email, as a worker does."""
+    with session_scope(services.sessions) as session:
+        return drip.begin_delivery(
+            session, subscriber_id, policy=services.policy, domain="onward.test", now=now
+        )

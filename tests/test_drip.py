@@ -6,48 +6,29 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from app import drip
 from app.db import session_scope
 from app.models import Delivery, DeliveryStatus, EmailKind, Subscriber, SubscriberStatus
 from app.services import Services
-from tests.support import FakeClock
+from tests.support import FakeClock, active_subscriber, begin, sign_up
 
 S = SubscriberStatus
 
 
-def sign_up(
-    session: Session, services: Services, email: str, now: datetime
-) -> drip.SubscribeResult:
-    return drip.subscribe(
-        session,
-        email,
-        first_name="",
-        source="api",
-        wording="test wording",
-        ip="192.0.2.1",
-        user_agent="pytest",
-        policy=services.policy,
-        now=now,
-    )
-
-
-def active_subscriber(services: Services, email: str, now: datetime) -> int:
-    """A confirmed subscription whose step 1 is due at `now`."""
+def defer(
+    services: Services, delivery_id: int, error: str, now: datetime, *, count: bool
+) -> datetime | None:
+    """Record a temporary failure, as a worker does."""
     with session_scope(services.sessions) as session:
-        result = sign_up(session, services, email, now)
-        subscriber = session.get_one(Subscriber, result.subscriber_id)
-        assert drip.confirm(session, subscriber, ip=None, user_agent=None, now=now)
-        return subscriber.id
+        return drip.defer_delivery(
+            session, delivery_id, error=error, now=now, count_against_recipient=count
+        )
 
 
 def send_due_step(services: Services, subscriber_id: int, now: datetime) -> drip.PlannedEmail:
     """Go through the ledger as a worker would, without SMTP."""
-    with session_scope(services.sessions) as session:
-        planned = drip.begin_delivery(
-            session, subscriber_id, policy=services.policy, domain="onward.test", now=now
-        )
+    planned = begin(services, subscriber_id, now)
     assert planned is not None
     with session_scope(services.sessions) as session:
         drip.finish_delivery(session, planned.delivery_id, policy=services.policy, now=now)
@@ -170,17 +151,11 @@ def test_the_ledger_lets_one_sender_through_and_takes_over_a_stale_one(
 ) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
 
-    def begin() -> drip.PlannedEmail | None:
-        with session_scope(services.sessions) as session:
-            return drip.begin_delivery(
-                session, subscriber_id, policy=services.policy, domain="onward.test", now=clock.now
-            )
-
-    first = begin()
+    first = begin(services, subscriber_id, clock.now)
     assert first is not None and first.number == 1
-    assert begin() is None, "a second worker must not send the same step"
+    assert begin(services, subscriber_id, clock.now) is None, "a second worker must wait"
     clock.advance(services.policy.claim_lease + timedelta(seconds=1))
-    retry = begin()
+    retry = begin(services, subscriber_id, clock.now)
     assert retry is not None
     assert retry.delivery_id == first.delivery_id
     assert retry.message_id == first.message_id
@@ -238,11 +213,7 @@ def test_an_unsubscribe_after_the_claim_stops_the_send(
         assert drip.claim_due(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
     with session_scope(services.sessions) as session:
         drip.unsubscribe(session, session.get_one(Subscriber, subscriber_id), now=clock.now)
-    with session_scope(services.sessions) as session:
-        planned = drip.begin_delivery(
-            session, subscriber_id, policy=services.policy, domain="onward.test", now=clock.now
-        )
-    assert planned is None
+    assert begin(services, subscriber_id, clock.now) is None
 
 
 def test_temporary_failures_back_off_then_bounce(services: Services, clock: FakeClock) -> None:
@@ -250,19 +221,9 @@ def test_temporary_failures_back_off_then_bounce(services: Services, clock: Fake
     retry_times: list[datetime | None] = []
     delays: list[timedelta] = []
     for _ in range(drip.MAX_RECIPIENT_FAILURES):
-        with session_scope(services.sessions) as session:
-            planned = drip.begin_delivery(
-                session, subscriber_id, policy=services.policy, domain="onward.test", now=clock.now
-            )
+        planned = begin(services, subscriber_id, clock.now)
         assert planned is not None
-        with session_scope(services.sessions) as session:
-            retry_at = drip.defer_delivery(
-                session,
-                planned.delivery_id,
-                error="451 try later",
-                now=clock.now,
-                count_against_recipient=True,
-            )
+        retry_at = defer(services, planned.delivery_id, "451 try later", clock.now, count=True)
         retry_times.append(retry_at)
         if retry_at is not None:
             delays.append(retry_at - clock.now)
@@ -279,19 +240,9 @@ def test_temporary_failures_back_off_then_bounce(services: Services, clock: Fake
 def test_relay_outages_never_bounce_a_subscriber(services: Services, clock: FakeClock) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
     for _ in range(drip.MAX_RECIPIENT_FAILURES * 2):
-        with session_scope(services.sessions) as session:
-            planned = drip.begin_delivery(
-                session, subscriber_id, policy=services.policy, domain="onward.test", now=clock.now
-            )
+        planned = begin(services, subscriber_id, clock.now)
         assert planned is not None
-        with session_scope(services.sessions) as session:
-            retry_at = drip.defer_delivery(
-                session,
-                planned.delivery_id,
-                error="connection refused",
-                now=clock.now,
-                count_against_recipient=False,
-            )
+        retry_at = defer(services, planned.delivery_id, "refused", clock.now, count=False)
         assert retry_at is not None
         clock.advance(retry_at - clock.now)
     with session_scope(services.sessions) as session:

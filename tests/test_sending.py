@@ -17,8 +17,7 @@ from app.emails import Recipient, build_message, render
 from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from app.sending import dispatch, send_batch
 from app.services import Services
-from tests.support import FakeClock, SmtpSink, free_port, run_worker
-from tests.test_drip import active_subscriber
+from tests.support import FakeClock, SmtpSink, active_subscriber, begin, free_port, run_worker
 from worker.schedule import tick
 
 
@@ -118,10 +117,7 @@ def test_a_crash_after_the_relay_accepted_resends_with_the_same_message_id(
 ) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
     # A worker records the send, the relay accepts it, then the worker dies.
-    with session_scope(services.sessions) as session:
-        planned = drip.begin_delivery(
-            session, subscriber_id, policy=services.policy, domain="onward.test", now=clock.now
-        )
+    planned = begin(services, subscriber_id, clock.now)
     assert planned is not None
     recipient = Recipient(
         email=planned.email,
