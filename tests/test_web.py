@@ -26,7 +26,14 @@ from app.models import Consent, Delivery, EmailKind, Subscriber, SubscriberStatu
 from app.services import Services
 from app.tokens import Links, LinkSigner, Purpose
 from app.web.pages import CONSENT_WORDING
-from tests.support import FakeClock, Received, SmtpSink, csrf_token, run_worker
+from tests.support import (
+    FakeClock,
+    Received,
+    SmtpSink,
+    active_subscriber,
+    csrf_token,
+    run_worker,
+)
 from worker.schedule import tick
 
 S = SubscriberStatus
@@ -825,3 +832,19 @@ def test_too_many_sign_ups_from_one_ip_get_429(
     wall.now += 600
     assert flood.post("/api/subscribe", json={"email": ADA}).status_code == 202
     assert statuses(services, ADA) == ["pending"]
+
+
+def test_pages_behind_links_are_not_cached_framed_or_leaked_by_referer(
+    client: FlaskClient, services: Services, clock: FakeClock
+) -> None:
+    subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
+    with session_scope(services.sessions) as session:
+        key = session.get_one(Subscriber, subscriber_id).key
+    manage = client.get(urlsplit(services.links(key).manage_url).path)
+    assert manage.status_code == 200
+    assert manage.headers["Cache-Control"] == "no-store"
+    assert manage.headers["Referrer-Policy"] == "no-referrer"
+    assert manage.headers["X-Frame-Options"] == "DENY"
+    front = client.get("/")
+    assert front.headers["X-Content-Type-Options"] == "nosniff"
+    assert "no-store" not in front.headers.get("Cache-Control", "")

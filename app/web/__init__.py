@@ -51,6 +51,17 @@ def init_app(app: Flask) -> None:
     if app.extensions["onward"].settings.outbox_dir is not None:
         app.register_blueprint(outbox.bp)
 
+    @app.after_request
+    def protective_headers(response: Response) -> Response:
+        # Signed links sit in URLs: never leak them in a Referer, never cache the
+        # pages they open (they show personal data), and never frame our pages.
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.blueprint == "links":
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
     @app.errorhandler(ExpiredLink)
     def expired_link(_error_: ExpiredLink) -> tuple[Response | str, int]:
         return _error(
