@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from types import FrameType
 
+from aiosmtpd.controller import Controller
+
 from app.config import ConfigError, Settings
 from app.db import create_schema, make_engine
 from app.dev.catcher import start_catcher
@@ -31,7 +33,7 @@ class Launch:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
-    catcher: object | None = None
+    catcher: Controller | None = None
 
     def start_servers(self) -> None:
         """Start embedded Redis and the mail catcher where no real one is configured."""
@@ -42,7 +44,13 @@ class Launch:
         if settings.smtp_url is None:
             outbox = settings.outbox_dir or settings.instance_dir / "outbox"
             port = int(self.env.get("MAIL_CATCHER_PORT", "1025"))
-            self.catcher = start_catcher(outbox, port=port)
+            try:
+                self.catcher = start_catcher(outbox, port=port)
+            except OSError as error:
+                raise RuntimeError(
+                    f"the mail catcher cannot listen on 127.0.0.1:{port} ({error.strerror}): "
+                    "set MAIL_CATCHER_PORT to a free port, or SMTP_URL to a real relay"
+                ) from error
             self.env["SMTP_URL"] = f"smtp://127.0.0.1:{port}"
             self.env["OUTBOX_DIR"] = str(outbox)
 
@@ -83,7 +91,7 @@ class Launch:
                 process.kill()
                 process.wait()
         if self.catcher is not None:
-            self.catcher.stop()  # type: ignore[attr-defined]
+            self.catcher.stop()
         if self.redis is not None:
             self.redis.stop()
 
