@@ -1,15 +1,20 @@
-"""Flask CLI commands: `flask --app app init-db`."""
+"""Flask CLI commands: `flask --app app init-db`, `flask --app app stats`."""
 
 from __future__ import annotations
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
+from redis.exceptions import RedisError
 
-from app.db import create_schema
+from app import drip
+from app.config import ConfigError
+from app.db import create_schema, session_scope
 from app.services import Services
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
     """Create the database tables that do not exist yet."""
     services: Services = current_app.extensions["onward"]
@@ -17,6 +22,22 @@ def init_db_command() -> None:
     click.echo("database ready")
 
 
+@click.command("stats")
+@with_appcontext
+def stats_command() -> None:
+    """Print figures: subscriptions by status, emails by outcome, work due and queued."""
+    services: Services = current_app.extensions["onward"]
+    with session_scope(services.sessions) as session:
+        figures = drip.counts(session, now=services.clock())
+    try:
+        figures["jobs_queued"] = services.queue.count
+    except (RedisError, ConfigError) as error:
+        click.echo(f"(queue unavailable: {error})", err=True)
+    for name in sorted(figures):
+        click.echo(f"{name:28s} {figures[name]}")
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(init_db_command)
+    app.cli.add_command(stats_command)

@@ -103,20 +103,37 @@ class Settings:
         """Read the settings from environment variables (see README, Configuration)."""
         env = os.environ if environ is None else environ
         defaults = cls()
+
+        def interval(name: str, default: str) -> timedelta:
+            try:
+                return parse_interval(env.get(name, default))
+            except ConfigError as error:
+                raise ConfigError(f"{name}: {error}") from None
+
         port = env.get("PORT", "5000")
         instance_dir = Path(env.get("INSTANCE_DIR", str(DEFAULT_INSTANCE_DIR)))
         outbox = env.get("OUTBOX_DIR")
+
+        def positive_int(name: str, default: int) -> int:
+            text = env.get(name, str(default))
+            if not text.isdigit() or int(text) < 1:
+                raise ConfigError(f"{name} must be a whole number above zero, got {text!r}")
+            return int(text)
+
+        smtp_url = env.get("SMTP_URL") or None
+        if smtp_url:
+            SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
         return cls(
             base_url=env.get("BASE_URL", f"http://127.0.0.1:{port}").rstrip("/"),
             secret_key=env.get("SECRET_KEY", defaults.secret_key),
             database_url=env.get("DATABASE_URL", f"sqlite:///{instance_dir / 'onward.db'}"),
             redis_url=env.get("REDIS_URL") or None,
-            smtp_url=env.get("SMTP_URL") or None,
+            smtp_url=smtp_url,
             mail_from=env.get("MAIL_FROM", defaults.mail_from),
             postal_address=env.get("POSTAL_ADDRESS", defaults.postal_address),
-            step_interval=parse_interval(env.get("STEP_INTERVAL", "2d")),
-            tick_seconds=parse_interval(env.get("TICK_INTERVAL", "5s")).total_seconds(),
-            batch_size=int(env.get("BATCH_SIZE", str(defaults.batch_size))),
+            step_interval=interval("STEP_INTERVAL", "2d"),
+            tick_seconds=interval("TICK_INTERVAL", "5s").total_seconds(),
+            batch_size=positive_int("BATCH_SIZE", defaults.batch_size),
             queue_name=env.get("QUEUE_NAME", defaults.queue_name),
             check_deliverability=env.get("CHECK_DELIVERABILITY", "false").lower()
             in {"1", "true", "yes"},

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,6 +45,8 @@ TRANSITIONS: dict[str, dict[SubscriberStatus, SubscriberStatus]] = {
     "bounce": {S.PENDING: S.BOUNCED, S.ACTIVE: S.BOUNCED, S.PAUSED: S.BOUNCED},
 }
 
+#: An address never confirmed is forgotten this long after it last asked.
+FORGET_UNCONFIRMED_AFTER = timedelta(days=30)
 #: A pending address gets at most this many confirmation emails.
 MAX_CONFIRMATIONS = 5
 #: Temporary failures for one recipient before the address counts as bounced.
@@ -257,6 +259,54 @@ def unsubscribe(session: Session, subscriber: Subscriber, *, now: datetime) -> b
 def forget(session: Session, subscriber: Subscriber) -> None:
     """Erase a subscription with its consent record and ledger (the subscriber's request)."""
     session.delete(subscriber)
+
+
+def forget_unconfirmed(session: Session, *, now: datetime) -> int:
+    """Erase sign-ups never confirmed within FORGET_UNCONFIRMED_AFTER; return how many."""
+    # One DELETE (the database cascades to consent and ledger rows), so two
+    # schedulers doing this at once simply find nothing left the second time.
+    result = session.execute(
+        delete(Subscriber)
+        .where(
+            Subscriber.status == S.PENDING,
+            Subscriber.confirmation_requested_at < now - FORGET_UNCONFIRMED_AFTER,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def counts(session: Session, *, now: datetime) -> dict[str, int]:
+    """Figures for operators: subscriptions by status, emails by ledger status, due now."""
+    figures = {
+        f"subscribers_{status}": count
+        for status, count in session.execute(
+            select(Subscriber.status, func.count()).group_by(Subscriber.status)
+        )
+    }
+    figures |= {
+        f"emails_{status}": count
+        for status, count in session.execute(
+            select(Delivery.status, func.count()).group_by(Delivery.status)
+        )
+    }
+    figures["emails_sent_last_24h"] = (
+        session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.status == DeliveryStatus.SENT, Delivery.sent_at >= now - timedelta(days=1)
+            )
+        )
+        or 0
+    )
+    figures["due_now"] = (
+        session.scalar(
+            select(func.count()).select_from(Subscriber).where(Subscriber.next_send_at <= now)
+        )
+        or 0
+    )
+    return figures
 
 
 def _end(subscriber: Subscriber, now: datetime) -> None:

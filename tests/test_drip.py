@@ -9,7 +9,14 @@ from sqlalchemy import func, select
 
 from app import drip
 from app.db import session_scope
-from app.models import Delivery, DeliveryStatus, EmailKind, Subscriber, SubscriberStatus
+from app.models import (
+    Consent,
+    Delivery,
+    DeliveryStatus,
+    EmailKind,
+    Subscriber,
+    SubscriberStatus,
+)
 from app.services import Services
 from tests.support import FakeClock, active_subscriber, begin, sign_up
 
@@ -247,3 +254,35 @@ def test_relay_outages_never_bounce_a_subscriber(services: Services, clock: Fake
         clock.advance(retry_at - clock.now)
     with session_scope(services.sessions) as session:
         assert session.get_one(Subscriber, subscriber_id).status == S.ACTIVE
+
+
+def test_sign_ups_never_confirmed_are_forgotten_after_thirty_days(
+    services: Services, clock: FakeClock
+) -> None:
+    with session_scope(services.sessions) as session:
+        stale = sign_up(session, services, "stale@example.com", clock.now).subscriber_id
+        session.add(
+            Delivery(
+                subscriber_id=stale,
+                kind=EmailKind.CONFIRMATION,
+                number=1,
+                message_id="<stale@onward.test>",
+                status=DeliveryStatus.SENT,
+                started_at=clock.now,
+            )
+        )
+    kept = active_subscriber(services, "kept@example.com", clock.now)
+    clock.advance(timedelta(days=20))
+    with session_scope(services.sessions) as session:
+        recent = sign_up(session, services, "recent@example.com", clock.now).subscriber_id
+    clock.advance(timedelta(days=11))
+    with session_scope(services.sessions) as session:
+        assert drip.forget_unconfirmed(session, now=clock.now) == 1
+    with session_scope(services.sessions) as session:
+        assert session.get(Subscriber, stale) is None
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+        assert session.scalar(select(func.count()).select_from(Consent)) == 2
+        assert session.get(Subscriber, kept) is not None
+        assert session.get(Subscriber, recent) is not None
+    with session_scope(services.sessions) as session:
+        assert drip.forget_unconfirmed(session, now=clock.now) == 0

@@ -8,17 +8,25 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
+from datetime import timedelta
 from types import FrameType
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from app import drip
 from app.config import ConfigError
+from app.db import session_scope
 from app.sending import dispatch
 from app.services import Services
 
 log = logging.getLogger(__name__)
+
+
+#: How often the scheduler does its housekeeping (forgetting stale sign-ups).
+HOUSEKEEPING_INTERVAL = timedelta(hours=1)
 
 
 def tick(services: Services) -> int:
@@ -26,12 +34,24 @@ def tick(services: Services) -> int:
     return dispatch(services, now=services.clock())
 
 
+def housekeeping(services: Services) -> int:
+    """Forget sign-ups that were never confirmed; return how many."""
+    with session_scope(services.sessions) as session:
+        return drip.forget_unconfirmed(session, now=services.clock())
+
+
 def run_forever(services: Services, stop: threading.Event) -> None:
     """Tick every TICK_INTERVAL until `stop` is set; outages are logged and retried."""
     interval = services.settings.tick_seconds
     log.info("scheduler ticking every %ss", interval)
+    next_housekeeping = services.clock()
     while not stop.is_set():
         try:
+            if services.clock() >= next_housekeeping:
+                forgotten = housekeeping(services)
+                if forgotten:
+                    log.info("forgot %d sign-ups never confirmed", forgotten)
+                next_housekeeping = services.clock() + HOUSEKEEPING_INTERVAL
             queued = tick(services)
             if queued:
                 log.info("queued %d due emails", queued)
@@ -56,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"queued {tick(services)}")
             return 0
     except ConfigError as error:
-        log.error("%s", error)
+        print(f"scheduler: {error}", file=sys.stderr)
         return 2
     stop = threading.Event()
 
