@@ -97,3 +97,11 @@ def test_init_db_creates_the_tables_on_an_empty_database(tmp_path: Path) -> None
 def test_bad_settings_get_a_message_naming_them(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({name: value})
+
+
+def test_the_scheduler_command_needs_a_redis_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert schedule.main(["--once"]) == 2
+    assert "REDIS_URL is not set" in capsys.readouterr().err

@@ -72,22 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         services = Services.from_env()
-        if args.once:
-            print(f"queued {tick(services)}")
-            return 0
+        services.queue  # noqa: B018  (fail now, not at the first tick, without REDIS_URL)
     except ConfigError as error:
         print(f"scheduler: {error}", file=sys.stderr)
         return 2
-    stop = threading.Event()
+    try:
+        if args.once:
+            print(f"queued {tick(services)}")
+            return 0
+        stop = threading.Event()
 
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+        def _stop(_signum: int, _frame: FrameType | None) -> None:
+            stop.set()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    run_forever(services, stop)
-    log.info("scheduler stopped")
-    return 0
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        run_forever(services, stop)
+        log.info("scheduler stopped")
+        return 0
+    finally:
+        services.close()
 
 
 if __name__ == "__main__":
