@@ -37,7 +37,21 @@ def stats_command() -> None:
         click.echo(f"{name:28s} {figures[name]}")
 
 
+@click.command("dkim-dns")
+@with_appcontext
+def dkim_dns_command() -> None:
+    """Print the DNS TXT record for the DKIM key in DKIM_KEY_FILE."""
+    services: Services = current_app.extensions["onward"]
+    if services.dkim is None:
+        raise click.ClickException("DKIM_KEY_FILE is not set: see README, Deliverability")
+    name, value = services.dkim.dns_record()
+    click.echo(f"{name}. IN TXT")
+    # DNS strings hold at most 255 characters: publish the value in quoted pieces.
+    click.echo(" ".join(f'"{value[i : i + 250]}"' for i in range(0, len(value), 250)))
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(init_db_command)
     app.cli.add_command(stats_command)
+    app.cli.add_command(dkim_dns_command)

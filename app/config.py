@@ -88,6 +88,9 @@ class Settings:
     emails_dir: Path = DEFAULT_EMAILS_DIR
     outbox_dir: Path | None = None
     subscribe_rate_limit: int = 10
+    dkim_key_file: Path | None = None
+    dkim_selector: str = "onward"
+    dkim_domain: str | None = None
 
     @property
     def smtp(self) -> SmtpSettings:
@@ -140,4 +143,7 @@ class Settings:
             instance_dir=instance_dir,
             emails_dir=Path(env.get("EMAILS_DIR", str(DEFAULT_EMAILS_DIR))),
             outbox_dir=Path(outbox) if outbox else None,
+            dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
+            dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
+            dkim_domain=env.get("DKIM_DOMAIN") or None,
         )

@@ -6,6 +6,7 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -17,6 +18,8 @@ from jinja2 import Environment, StrictUndefined, Template
 
 from app.tokens import Links
 
+#: Headers set raw (List-Unsubscribe) are written as they are, never re-folded.
+MESSAGE_POLICY = policy.default.clone(refold_source="none")
 #: Tags after which the plain-text part starts a new paragraph.
 _BLOCK_TAGS = {"p", "div", "h1", "h2", "h3", "table", "tr", "ul", "ol"}
 _SKIP_TAGS = {"style", "script", "head", "title"}
@@ -194,14 +197,19 @@ def build_message(
     rendered: RenderedEmail, sender: Sender, recipient: Recipient, *, now: datetime
 ) -> EmailMessage:
     """The MIME message: text and HTML parts, and the headers mailbox providers expect."""
-    message = EmailMessage()
+    message = EmailMessage(policy=MESSAGE_POLICY)
     message["Subject"] = rendered.subject
     message["From"] = sender.mail_from
     message["To"] = Address(display_name=recipient.first_name, addr_spec=recipient.email)
     message["Date"] = format_datetime(now)
     message["Message-ID"] = recipient.message_id
     message["List-Id"] = f"10 steps to recover from job rejection <course.{sender.domain}>"
-    message["List-Unsubscribe"] = f"<{recipient.links.unsubscribe_url}>"
+    unsubscribe_url = recipient.links.unsubscribe_url
+    if any(char in unsubscribe_url for char in "\r\n <>"):
+        raise ValueError(f"unsafe unsubscribe URL: {unsubscribe_url!r}")
+    # A header object would fold this long URL into RFC 2047 encoded words, which
+    # mailbox providers do not decode: the raw value goes out on one line instead.
+    message.set_raw("List-Unsubscribe", f"<{unsubscribe_url}>")
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(rendered.text)
     message.add_alternative(rendered.html, subtype="html")

@@ -10,6 +10,7 @@ from email.utils import parseaddr
 from types import TracebackType
 
 from app.config import SmtpSettings
+from app.dkim import DkimSigner
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ class SmtpMailer:
     Use it as a context manager so the connection is closed when the batch ends.
     """
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, *, signer: DkimSigner | None = None) -> None:
         self._settings = settings
+        self._signer = signer
         self._connection: smtplib.SMTP | None = None
 
     def __enter__(self) -> SmtpMailer:
@@ -86,6 +88,8 @@ class SmtpMailer:
         recipient = parseaddr(str(message["To"]))[1]
         # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
         payload = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        if self._signer is not None:
+            payload = self._signer.sign(payload)
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = self._connect()

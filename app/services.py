@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import ConfigError, Settings
 from app.db import make_engine, make_sessionmaker, utcnow
+from app.dkim import DkimSigner
 from app.drip import Policy
 from app.emails import EmailCatalog, Sender
 from app.mailer import SmtpMailer
@@ -84,6 +85,18 @@ class Services:
             confirm_max_age=settings.confirm_max_age,
         )
 
+    @cached_property
+    def dkim(self) -> DkimSigner | None:
+        """The DKIM signer, when DKIM_KEY_FILE is set (the key is read once)."""
+        settings = self.settings
+        if settings.dkim_key_file is None:
+            return None
+        return DkimSigner.from_file(
+            settings.dkim_key_file,
+            domain=settings.dkim_domain or self.sender.domain,
+            selector=settings.dkim_selector,
+        )
+
     def links(self, subscriber_key: str) -> Links:
         """The signed links of one subscription."""
         return Links.for_key(self.signer, self.settings.base_url, subscriber_key)
@@ -97,4 +110,4 @@ class Services:
 
     def mailer(self) -> SmtpMailer:
         """A fresh SMTP mailer (one connection, reused for a batch)."""
-        return SmtpMailer(self.settings.smtp)
+        return SmtpMailer(self.settings.smtp, signer=self.dkim)

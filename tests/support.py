@@ -44,6 +44,7 @@ class Received:
     envelope_from: str
     envelope_to: list[str]
     message: EmailMessage
+    raw: bytes
 
     @property
     def subject(self) -> str:
@@ -99,7 +100,9 @@ class SmtpSink:
         message = BytesParser(policy=policy.default).parsebytes(envelope.content)
         assert isinstance(message, EmailMessage)
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), message, envelope.content)
+            )
         return "250 Message accepted"
 
     def to(self, address: str) -> list[Received]:

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from app import drip
 from app import emails as emails_module
 from app.config import DEFAULT_EMAILS_DIR, Settings
-from app.db import session_scope
+from app.db import session_scope, utcnow
 from app.emails import (
     EmailCatalog,
     Recipient,
@@ -409,3 +409,20 @@ def test_html_to_text_of_a_real_email_has_blank_lines_between_paragraphs(
     assert f"Pause the course ({LINKS.pause_url})" in text
     assert "margin" not in text and "font-size" not in text  # no CSS from <style>
     assert preview_of("step-01") not in text
+
+
+def test_the_unsubscribe_header_carries_the_url_itself_never_encoded_words() -> None:
+    # A long base URL plus a real-length token exceeds 78 characters: a folded
+    # header would turn the URL into =?utf-8?q?...?= words mailbox providers ignore.
+    services = Services(Settings(base_url="https://course.a-rather-long-domain-name.example.com"))
+    links = services.links("xO2bW3Zy0aQ8vO-bKe_gFw")
+    recipient = Recipient(
+        email="ada@example.com", first_name="Ada", links=links, message_id="<id@onward.example>"
+    )
+    for name in ("confirmation", "step-01"):
+        rendered = render(services.catalog.get(name), services.sender, recipient)
+        message = build_message(rendered, services.sender, recipient, now=utcnow())
+        wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        [line] = [x for x in wire.split(b"\r\n") if x.startswith(b"List-Unsubscribe:")]
+        assert line == f"List-Unsubscribe: <{links.unsubscribe_url}>".encode()
+        assert len(line) < 998

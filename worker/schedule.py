@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         services = Services.from_env()
-        services.queue  # noqa: B018  (fail now, not at the first tick, without REDIS_URL)
+        # Fail now, not at the first tick, on a missing REDIS_URL or a bad DKIM key.
+        services.queue  # noqa: B018
+        services.dkim  # noqa: B018
     except ConfigError as error:
         print(f"scheduler: {error}", file=sys.stderr)
         return 2
