@@ -87,6 +87,7 @@ class Settings:
     instance_dir: Path = DEFAULT_INSTANCE_DIR
     emails_dir: Path = DEFAULT_EMAILS_DIR
     outbox_dir: Path | None = None
+    dev_pages: bool = False
     subscribe_rate_limit: int = 10
     dkim_key_file: Path | None = None
     dkim_selector: str = "onward"
@@ -143,6 +144,7 @@ class Settings:
             instance_dir=instance_dir,
             emails_dir=Path(env.get("EMAILS_DIR", str(DEFAULT_EMAILS_DIR))),
             outbox_dir=Path(outbox) if outbox else None,
+            dev_pages=env.get("DEV_PAGES", "false").lower() in {"1", "true", "yes"},
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,

@@ -38,6 +38,7 @@ class Launch:
     def start_servers(self) -> None:
         """Start embedded Redis and the mail catcher where no real one is configured."""
         settings = self.settings
+        self.env.setdefault("DEV_PAGES", "true")
         if settings.redis_url is None:
             self.redis = EmbeddedRedis(settings.instance_dir / "redis")
             self.env["REDIS_URL"] = self.redis.url
@@ -132,6 +133,7 @@ def main() -> int:
             f"\nOnward is running.\n"
             f"  Subscribe page:  {settings.base_url}/\n"
             + (f"  Dev outbox:      {settings.base_url}/dev/outbox/{outbox}\n" if outbox else "")
+            + f"  Email previews:  {settings.base_url}/dev/emails/\n"
             + f"  Database:        {settings.database_url}\n"
             f"  Redis:           {launch.env['REDIS_URL']}"
             + (f" (embedded, pid {launch.redis.pid})" if launch.redis else "")

@@ -1,4 +1,4 @@
-"""The web side: public pages, the JSON API and the dev outbox."""
+"""The web side: public pages, signed-link pages, the JSON API and the dev pages."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import api, links, outbox, pages
+    from app.web import api, dev, links, pages
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
@@ -48,8 +48,8 @@ def init_app(app: Flask) -> None:
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)
     csrf.exempt(api.bp)
-    if app.extensions["onward"].settings.outbox_dir is not None:
-        app.register_blueprint(outbox.bp)
+    if app.extensions["onward"].settings.dev_pages:
+        app.register_blueprint(dev.bp)
 
     @app.after_request
     def protective_headers(response: Response) -> Response:
