@@ -20,6 +20,7 @@ from app.tokens import Links
 
 #: Headers set raw (List-Unsubscribe) are written as they are, never re-folded.
 MESSAGE_POLICY = policy.default.clone(refold_source="none")
+_INCLUDE = re.compile(r'<mj-include\s+path="([^"]+)"\s*/>')
 #: Tags after which the plain-text part starts a new paragraph.
 _BLOCK_TAGS = {"p", "div", "h1", "h2", "h3", "table", "tr", "ul", "ol"}
 _SKIP_TAGS = {"style", "script", "head", "title"}
@@ -96,11 +97,22 @@ def html_to_text(markup: str) -> str:
     return parser.text()
 
 
+def resolve_includes(path: Path) -> str:
+    """The MJML of `path` with each `<mj-include path="...">` replaced by that file's text.
+
+    mrml's own include loader drops the body's 600px width from included sections
+    (the reference compiler keeps it): pasting the parts in first gives both the
+    same document.
+    """
+    source = path.read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda match: (path.parent / match[1]).read_text(encoding="utf-8"), source)
+
+
 def compile_mjml(path: Path) -> mrml.Output:
     """Compile one MJML file (its includes resolved from its folder) to HTML."""
-    options = mrml.ParserOptions(include_loader=mrml.local_loader(str(path.parent)))
     try:
-        return mrml.to_html(path.read_text(encoding="utf-8"), parser_options=options)
+        # No web fonts: the system font stack needs no request to a font host.
+        return mrml.to_html(resolve_includes(path), render_options=mrml.RenderOptions(fonts={}))
     except (OSError, ValueError) as error:
         raise EmailTemplateError(f"{path.name}: {error}") from error
 
