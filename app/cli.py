@@ -9,17 +9,17 @@ from redis.exceptions import RedisError
 
 from app import drip
 from app.config import ConfigError
-from app.db import create_schema, session_scope
+from app.db import current_revision, migrate, session_scope
 from app.services import Services
 
 
 @click.command("init-db")
 @with_appcontext
 def init_db_command() -> None:
-    """Create the database tables that do not exist yet."""
+    """Create the database tables, or upgrade them to the latest revision."""
     services: Services = current_app.extensions["onward"]
-    create_schema(services.engine)
-    click.echo("database ready")
+    migrate(services.engine)
+    click.echo(f"database ready at revision {current_revision(services.engine)}")
 
 
 @click.command("stats")

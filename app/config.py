@@ -89,9 +89,16 @@ class Settings:
     outbox_dir: Path | None = None
     dev_pages: bool = False
     subscribe_rate_limit: int = 10
+    environment: str = "development"
+    log_format: str = "text"
     dkim_key_file: Path | None = None
     dkim_selector: str = "onward"
     dkim_domain: str | None = None
+
+    @property
+    def production(self) -> bool:
+        """Whether ONWARD_ENV=production: the startup checks refuse unsafe settings."""
+        return self.environment == "production"
 
     @property
     def smtp(self) -> SmtpSettings:
@@ -117,6 +124,14 @@ class Settings:
         port = env.get("PORT", "5000")
         instance_dir = Path(env.get("INSTANCE_DIR", str(DEFAULT_INSTANCE_DIR)))
         outbox = env.get("OUTBOX_DIR")
+
+        def choice(name: str, allowed: set[str], default: str) -> str:
+            value = env.get(name, default).strip().lower()
+            if value not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(sorted(allowed))}, got {value!r}"
+                )
+            return value
 
         def positive_int(name: str, default: int) -> int:
             text = env.get(name, str(default))
@@ -145,6 +160,8 @@ class Settings:
             emails_dir=Path(env.get("EMAILS_DIR", str(DEFAULT_EMAILS_DIR))),
             outbox_dir=Path(outbox) if outbox else None,
             dev_pages=env.get("DEV_PAGES", "false").lower() in {"1", "true", "yes"},
+            environment=choice("ONWARD_ENV", {"development", "production"}, "development"),
+            log_format=choice("LOG_FORMAT", {"text", "json"}, "text"),
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,

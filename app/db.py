@@ -1,4 +1,4 @@
-"""Database engine, sessions and the UTC datetime column type."""
+"""Database engine, sessions, the UTC datetime column type and schema migrations."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+#: Alembic's environment and revisions (see README, Development).
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+#: The tables `create_all` made before Onward used Alembic. The first revision makes
+#: the very same: `migrate` marks such a database as being at it, then upgrades it.
+PRE_ALEMBIC_TABLES = frozenset({"subscriber", "consent", "delivery"})
 
 
 def utcnow() -> datetime:
@@ -81,11 +92,58 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def create_schema(engine: Engine) -> None:
-    """Create every table and index that does not exist yet."""
-    from app import models  # noqa: F401  (registers the tables on Base.metadata)
+def alembic_config(url: URL | str | None = None, connection: Connection | None = None) -> Config:
+    """Alembic's configuration for the migrations in app/migrations, from any folder.
 
-    Base.metadata.create_all(engine)
+    The migrations run over `connection` when given (app/migrations/env.py), otherwise
+    over a new engine for `url`, otherwise for DATABASE_URL.
+    """
+    config = Config()
+    # Config options are interpolated: a literal % is written %%.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if url is not None:
+        if isinstance(url, URL):
+            url = url.render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the latest revision; a no-op when it is already there."""
+    with engine.connect() as connection:
+        config = alembic_config(engine.url, connection)
+        if _made_before_alembic(connection):
+            first = ScriptDirectory.from_config(config).get_base()
+            assert first is not None, "app/migrations/versions holds no revision"
+            command.stamp(config, first)
+        command.upgrade(config, "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database Alembic never migrated."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The latest revision in app/migrations/versions."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _made_before_alembic(connection: Connection) -> bool:
+    """Whether the tables are those `create_all` made before Alembic, with no revision."""
+    tables = set(inspect(connection).get_table_names())
+    connection.rollback()  # inspecting began a transaction: Alembic runs its own
+    if "alembic_version" in tables or not tables & PRE_ALEMBIC_TABLES:
+        return False
+    if tables >= PRE_ALEMBIC_TABLES:
+        return True
+    missing = ", ".join(sorted(PRE_ALEMBIC_TABLES - tables))
+    raise RuntimeError(
+        f"the database has some of Onward's tables but not {missing}, and no "
+        "alembic_version table: empty it or complete it by hand, then migrate"
+    )
 
 
 @contextmanager

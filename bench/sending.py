@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from app.config import Settings
-from app.db import create_schema, session_scope, utcnow
+from app.db import migrate, session_scope, utcnow
 from app.drip import confirm, subscribe
 from app.emails import Recipient, build_message, render
 from app.models import Subscriber
@@ -117,7 +117,7 @@ def main() -> None:
                 smtp_url=f"smtp://127.0.0.1:{port}",
             )
             services = Services(settings)
-            create_schema(services.engine)
+            migrate(services.engine)
             start = time.perf_counter()
             services.catalog.get("step-01")
             compile_ms = (time.perf_counter() - start) * 1e3

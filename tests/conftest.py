@@ -1,12 +1,14 @@
 """Fixtures with real servers: a database, Redis, and an SMTP server in this process.
 
-- Database: a SQLite file per test, or TEST_DATABASE_URL (PostgreSQL) reset per test.
+- Database: a SQLite file per test, or TEST_DATABASE_URL (PostgreSQL) emptied per test;
+  either is brought to the latest migration.
 - Redis: REDIS_URL when set, otherwise one embedded redis-server for the session.
 - SMTP: an aiosmtpd server per test that keeps what it receives and can refuse on demand.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -17,11 +19,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import Engine
 
 import worker.jobs
 from app import create_app
 from app.config import Settings
-from app.db import Base, create_schema
+from app.db import migrate
 from app.dev.embedded_redis import EmbeddedRedis
 from app.services import Services
 from tests.support import FakeClock, SmtpSink, free_port
@@ -80,13 +83,20 @@ def settings(tmp_path: Path, database_url: str, redis_url: str, smtp: SmtpSink) 
     )
 
 
+def drop_postgresql_schema(engine: Engine) -> None:
+    """Empty the test database: every table, alembic_version included."""
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+        connection.exec_driver_sql("CREATE SCHEMA public")
+
+
 @pytest.fixture
 def services(settings: Settings, clock: FakeClock) -> Iterator[Services]:
     """Services on real servers with a fresh schema; the worker jobs use them too."""
     svc = Services(settings, clock=clock)
     if svc.engine.dialect.name == "postgresql":
-        Base.metadata.drop_all(svc.engine)
-    create_schema(svc.engine)
+        drop_postgresql_schema(svc.engine)
+    migrate(svc.engine)
     worker.jobs.use_services(svc)
     try:
         yield svc
@@ -106,3 +116,13 @@ def app(services: Services) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def keep_root_logging() -> Iterator[None]:
+    """Undo what a command's `configure_logging` did to the root logger during a test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

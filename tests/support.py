@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -77,6 +78,8 @@ class SmtpSink:
     #: recipient address -> (code, text) to answer RCPT TO with.
     refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
     connections: int = 0
+    #: Seconds to wait before accepting each message (a slow relay).
+    delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(
@@ -97,6 +100,8 @@ class SmtpSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         message = BytesParser(policy=policy.default).parsebytes(envelope.content)
         assert isinstance(message, EmailMessage)
         with self.lock:

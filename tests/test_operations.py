@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 
 from app import create_app
 from app.config import ConfigError, Settings
-from app.db import session_scope
+from app.db import current_revision, head_revision, session_scope
 from app.services import Services
 from tests.support import FakeClock, SmtpSink, active_subscriber, run_worker, sign_up
 from worker import schedule
@@ -74,14 +74,22 @@ def test_the_scheduler_command_explains_a_bad_setting(
     assert "STEP_INTERVAL: cannot read interval 'fortnightly'" in capsys.readouterr().err
 
 
-def test_init_db_creates_the_tables_on_an_empty_database(tmp_path: Path) -> None:
+def test_init_db_migrates_an_empty_database_to_the_latest_revision(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'fresh' / 'onward.db'}")
     services = Services(settings)
-    result = create_app(services=services).test_cli_runner().invoke(args=["init-db"])
+    runner = create_app(services=services).test_cli_runner()
+    result = runner.invoke(args=["init-db"])
     assert result.exit_code == 0, result.output
-    assert "database ready" in result.output
+    head = head_revision()
+    assert head is not None
+    assert f"database ready at revision {head}" in result.output
+    assert current_revision(services.engine) == head
     tables = set(inspect(services.engine).get_table_names())
-    assert {"subscriber", "consent", "delivery"} <= tables
+    assert {"subscriber", "consent", "delivery", "alembic_version"} <= tables
+    # Running it again is harmless: the database is already there.
+    result = runner.invoke(args=["init-db"])
+    assert result.exit_code == 0, result.output
+    assert f"database ready at revision {head}" in result.output
     services.close()
 
 

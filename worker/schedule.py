@@ -17,8 +17,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import drip
-from app.config import ConfigError
+from app.checks import check_production
+from app.config import ConfigError, Settings
 from app.db import session_scope
+from app.logs import configure_logging
 from app.sending import dispatch
 from app.services import Services
 
@@ -67,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Queue due course emails.")
     parser.add_argument("--once", action="store_true", help="tick once and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s scheduler %(levelname)s %(message)s"
-    )
     try:
-        services = Services.from_env()
+        settings = Settings.from_env()
+        configure_logging(settings.log_format, process="scheduler")
+        services = Services(settings)
+        check_production(services)
         # Fail now, not at the first tick, on a missing REDIS_URL or a bad DKIM key.
         services.queue  # noqa: B018
         services.dkim  # noqa: B018

@@ -18,7 +18,7 @@ from types import FrameType
 from aiosmtpd.controller import Controller
 
 from app.config import ConfigError, Settings
-from app.db import create_schema, make_engine
+from app.db import make_engine, migrate
 from app.dev.catcher import start_catcher
 from app.dev.embedded_redis import EmbeddedRedis
 
@@ -58,22 +58,9 @@ class Launch:
     def start_processes(self, port: str) -> None:
         """Start the web app, one worker and the scheduler."""
         python = sys.executable
-        queue = self.settings.queue_name
         commands = {
             "web": [python, "-m", "flask", "--app", "app", "run", "--port", port, "--no-reload"],
-            "worker": [
-                python,
-                "-m",
-                "rq.cli",
-                "worker",
-                "--url",
-                self.env["REDIS_URL"],
-                "--worker-class",
-                "rq.worker.SimpleWorker",
-                "--path",
-                ".",
-                queue,
-            ],
+            "worker": [python, "-m", "worker"],
             "scheduler": [python, "-m", "worker.schedule"],
         }
         for name, command in commands.items():
@@ -109,7 +96,11 @@ def main() -> int:
         return 2
     port = os.environ.get("PORT", "5000")
     try:
-        create_schema(make_engine(settings.database_url))
+        engine = make_engine(settings.database_url)
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
     except Exception as error:
         print(
             f"onward: cannot prepare the database {settings.database_url!r}: {error}",

@@ -38,12 +38,13 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import api, dev, links, pages
+    from app.web import api, dev, health, links, pages
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(links.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
     # Signed links carry their own proof, and the API takes JSON only (which a
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)

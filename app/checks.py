@@ -1,0 +1,37 @@
+"""Startup checks: in production, refuse settings that would be unsafe, with what to fix."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import DEV_SECRET_KEY, ConfigError
+from app.services import Services
+
+
+def check_production(services: Services) -> None:
+    """Raise ConfigError, in one line that says what to fix, if production would be unsafe.
+
+    Only with ONWARD_ENV=production; development runs with the defaults.
+    """
+    settings = services.settings
+    if not settings.production:
+        return
+    if settings.secret_key == DEV_SECRET_KEY or len(settings.secret_key) < 32:
+        raise ConfigError(
+            "SECRET_KEY is the development default or shorter than 32 characters: set it to "
+            "a long random value, e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    if not settings.base_url.startswith("https://"):
+        raise ConfigError(
+            "BASE_URL must be https in production (unsubscribe links need it), "
+            f"got {settings.base_url!r}"
+        )
+    if settings.dev_pages:
+        raise ConfigError("DEV_PAGES must be off in production: unset it")
+    try:
+        with services.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as error:
+        reason = str(error.orig if hasattr(error, "orig") else error).strip().splitlines()[0]
+        raise ConfigError(f"cannot reach the database at DATABASE_URL: {reason}") from None

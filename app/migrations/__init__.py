@@ -1,0 +1,1 @@
+"""The Alembic migration environment and revisions (see README, Development)."""
