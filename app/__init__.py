@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
 from app.services import Services
@@ -22,6 +23,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         WTF_CSRF_TIME_LIMIT=None,
     )
     app.extensions["onward"] = services
+    if services.settings.trusted_proxies:
+        # Behind N reverse proxies, take the visitor's address and scheme from the
+        # headers they set (rate limits and consent records need the real IP).
+        hops = services.settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
     from app import cli, web
 

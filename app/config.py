@@ -89,6 +89,7 @@ class Settings:
     outbox_dir: Path | None = None
     dev_pages: bool = False
     subscribe_rate_limit: int = 10
+    trusted_proxies: int = 0
     environment: str = "development"
     log_format: str = "text"
     dkim_key_file: Path | None = None
@@ -133,6 +134,12 @@ class Settings:
                 )
             return value
 
+        def whole_number(name: str, default: int) -> int:
+            text = env.get(name, str(default)).strip()
+            if not text.isdigit():
+                raise ConfigError(f"{name} must be a whole number, got {text!r}")
+            return int(text)
+
         def positive_int(name: str, default: int) -> int:
             text = env.get(name, str(default))
             if not text.isdigit() or int(text) < 1:
@@ -160,6 +167,7 @@ class Settings:
             emails_dir=Path(env.get("EMAILS_DIR", str(DEFAULT_EMAILS_DIR))),
             outbox_dir=Path(outbox) if outbox else None,
             dev_pages=env.get("DEV_PAGES", "false").lower() in {"1", "true", "yes"},
+            trusted_proxies=whole_number("TRUSTED_PROXIES", 0),
             environment=choice("ONWARD_ENV", {"development", "production"}, "development"),
             log_format=choice("LOG_FORMAT", {"text", "json"}, "text"),
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,

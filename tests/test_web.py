@@ -848,3 +848,21 @@ def test_pages_behind_links_are_not_cached_framed_or_leaked_by_referer(
     front = client.get("/")
     assert front.headers["X-Content-Type-Options"] == "nosniff"
     assert "no-store" not in front.headers.get("Cache-Control", "")
+
+
+def test_behind_a_trusted_proxy_the_visitors_address_is_recorded(services: Services) -> None:
+    proxied = create_app(services=Services(services.settings.with_changes(trusted_proxies=1)))
+    direct = create_app(services=services)
+    headers = {"X-Forwarded-For": "203.0.113.9"}
+    for app_, email in ((proxied, "behind@example.com"), (direct, "spoofed@example.com")):
+        answer = app_.test_client().post("/api/subscribe", json={"email": email}, headers=headers)
+        assert answer.status_code == 202
+    with session_scope(services.sessions) as session:
+        ips = dict(
+            session.execute(select(Subscriber.email, Consent.ip).join(Consent.subscriber)).all()
+        )
+    assert ips["behind@example.com"] == "203.0.113.9"
+    assert ips["spoofed@example.com"] != "203.0.113.9", (
+        "without a trusted proxy the header is ignored"
+    )
+    proxied.extensions["onward"].close()
