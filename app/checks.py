@@ -5,7 +5,9 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import DEV_SECRET_KEY, ConfigError
+from app.config import DEV_SECRET_KEY, ConfigError, Settings
+from app.emails import EmailTemplateError
+from app.logs import configure_logging
 from app.services import Services
 
 
@@ -35,3 +37,27 @@ def check_production(services: Services) -> None:
     except SQLAlchemyError as error:
         reason = str(error.orig if hasattr(error, "orig") else error).strip().splitlines()[0]
         raise ConfigError(f"cannot reach the database at DATABASE_URL: {reason}") from None
+
+
+def start_process(name: str) -> Services:
+    """Settings, logging and services for a sending process, checked before it starts.
+
+    Loads what every job needs (the queue, the DKIM key, the compiled emails) at once,
+    so a bad setting stops the process now, not at its first job; raises ConfigError
+    with a one-line reason.
+    """
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, process=name)
+    services = Services(settings)
+    try:
+        check_production(services)
+        services.queue  # noqa: B018
+        services.dkim  # noqa: B018
+        services.catalog  # noqa: B018
+    except EmailTemplateError as error:
+        services.close()
+        raise ConfigError(f"the email templates cannot be compiled: {error}") from None
+    except ConfigError:
+        services.close()
+        raise
+    return services

@@ -16,7 +16,7 @@ from app.config import ConfigError, Settings
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
-from app.emails import EmailCatalog, Sender
+from app.emails import EmailCatalog, Recipient, Sender
 from app.mailer import SmtpMailer
 from app.tokens import Links, LinkSigner
 
@@ -95,6 +95,15 @@ class Services:
             settings.dkim_key_file,
             domain=settings.dkim_domain or self.sender.domain,
             selector=settings.dkim_selector,
+        )
+
+    def sample_recipient(self) -> Recipient:
+        """A made-up subscriber, Ada, for previews, benchmarks and checks of the emails."""
+        return Recipient(
+            email="ada@example.com",
+            first_name="Ada",
+            links=self.links("sample-subscriber"),
+            message_id=f"<sample@{self.sender.domain}>",
         )
 
     def links(self, subscriber_key: str) -> Links:

@@ -18,7 +18,7 @@ from pathlib import Path
 from app.config import Settings
 from app.db import migrate, session_scope, utcnow
 from app.drip import confirm, subscribe
-from app.emails import Recipient, build_message, render
+from app.emails import build_message, render
 from app.models import Subscriber
 from app.sending import send_batch
 from app.services import Services
@@ -31,12 +31,7 @@ def free_port() -> int:
 
 
 def bench_render(services: Services, rounds: int) -> None:
-    recipient = Recipient(
-        email="ada@example.com",
-        first_name="Ada",
-        links=services.links("benchmark-key"),
-        message_id="<bench@onward.test>",
-    )
+    recipient = services.sample_recipient()
     email = services.catalog.get("step-03")
     now = utcnow()
     render_times, build_times = [], []

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from app.config import Settings
-from app.emails import Recipient, render
+from app.emails import render
 from app.services import Services
 
 LIGHT = "light"
@@ -64,12 +64,7 @@ def rendered() -> dict[str, tuple[str, str]]:
             postal_address="Onward Ltd, 42 Harbour Road, Bristol BS1 5TR, United Kingdom",
         )
     )
-    recipient = Recipient(
-        email="ada@example.com",
-        first_name="Ada",
-        links=services.links("sample"),
-        message_id="<sample@onward.example>",
-    )
+    recipient = services.sample_recipient()
     out = {}
     for name in services.catalog.names:
         email = render(services.catalog.get(name), services.sender, recipient)

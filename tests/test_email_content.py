@@ -7,7 +7,7 @@ import re
 import pytest
 
 from app.config import Settings
-from app.emails import Recipient, render
+from app.emails import render
 from app.services import Services
 
 STEPS = [f"step-{n:02d}" for n in range(1, 11)]
@@ -23,12 +23,7 @@ PRESSURE = re.compile(
 def texts() -> dict[str, tuple[str, str]]:
     """Each email's subject and the body of its text part (greeting to sign-off)."""
     services = Services(Settings(base_url="https://course.onward.example"))
-    recipient = Recipient(
-        email="ada@example.com",
-        first_name="Ada",
-        links=services.links("sample"),
-        message_id="<sample@onward.example>",
-    )
+    recipient = services.sample_recipient()
     bodies = {}
     for name in services.catalog.names:
         rendered = render(services.catalog.get(name), services.sender, recipient)

@@ -32,7 +32,7 @@ from typing import NoReturn
 import pytest
 
 from app.config import DEFAULT_EMAILS_DIR, Settings
-from app.emails import Recipient, compile_mjml, render
+from app.emails import compile_mjml, render
 from app.services import Services
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -419,12 +419,7 @@ def _allowed(feature: str, client: str) -> bool:
 def client_reports(node_tools: NodeTools) -> dict[str, ClientReport]:
     """Each email, rendered for a subscriber as it is sent, checked against caniemail.com."""
     services = Services(Settings(base_url="https://onward.example"))
-    recipient = Recipient(
-        email="ada@example.com",
-        first_name="Ada",
-        links=services.links("subscriber-key-of-ada"),
-        message_id="<reference-1@onward.example>",
-    )
+    recipient = services.sample_recipient()
     reports = {}
     for name in TEMPLATES:
         markup = render(services.catalog.get(name), services.sender, recipient).html

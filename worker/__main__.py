@@ -12,11 +12,8 @@ import sys
 
 from rq import SimpleWorker
 
-from app.checks import check_production
-from app.config import ConfigError, Settings
-from app.emails import EmailTemplateError
-from app.logs import configure_logging
-from app.services import Services
+from app.checks import start_process
+from app.config import ConfigError
 from worker.jobs import use_services
 
 
@@ -27,15 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="worker name (default: host and pid)")
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
-        configure_logging(settings.log_format, process="worker")
-        services = Services(settings)
-        check_production(services)
-        # Load what every job needs now, once: a bad setting stops the worker here.
-        services.queue  # noqa: B018
-        services.dkim  # noqa: B018
-        services.catalog  # noqa: B018
-    except (ConfigError, EmailTemplateError) as error:
+        services = start_process("worker")
+    except ConfigError as error:
         print(f"onward worker: {error}", file=sys.stderr, flush=True)
         return 2
     use_services(services)

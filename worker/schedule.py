@@ -17,10 +17,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import drip
-from app.checks import check_production
-from app.config import ConfigError, Settings
+from app.checks import start_process
+from app.config import ConfigError
 from app.db import session_scope
-from app.logs import configure_logging
 from app.sending import dispatch
 from app.services import Services
 
@@ -70,15 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="tick once and exit")
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
-        configure_logging(settings.log_format, process="scheduler")
-        services = Services(settings)
-        check_production(services)
-        # Fail now, not at the first tick, on a missing REDIS_URL or a bad DKIM key.
-        services.queue  # noqa: B018
-        services.dkim  # noqa: B018
+        services = start_process("scheduler")
     except ConfigError as error:
-        print(f"scheduler: {error}", file=sys.stderr)
+        print(f"onward scheduler: {error}", file=sys.stderr, flush=True)
         return 2
     try:
         if args.once:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from app.config import PROJECT_ROOT, Settings
-from app.emails import Recipient, render
+from app.emails import render
 from app.services import Services
 
 #: Window sizes (width, height): Gmail's 600 px column and a common phone.
@@ -72,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     services = Services(Settings(base_url="https://course.onward.example"))
-    recipient = Recipient(
-        email="ada@example.com",
-        first_name="Ada",
-        links=services.links("preview-sample"),
-        message_id="<preview@onward.example>",
-    )
+    recipient = services.sample_recipient()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or services.catalog.names:
         rendered = render(services.catalog.get(name), services.sender, recipient)

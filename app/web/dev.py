@@ -14,14 +14,11 @@ from pathlib import Path
 from flask import Blueprint, abort, render_template
 
 from app.db import utcnow
-from app.emails import EmailTemplateError, Recipient, render
+from app.emails import EmailTemplateError, render
 from app.web import services
 
 bp = Blueprint("dev", __name__, url_prefix="/dev")
 _NAME = re.compile(r"^[0-9]+-[0-9a-f]{8}$")
-#: Who the previews are addressed to.
-SAMPLE_FIRST_NAME = "Ada"
-SAMPLE_EMAIL = "ada@example.com"
 
 
 def _read(path: Path) -> EmailMessage:
@@ -73,12 +70,7 @@ def preview(name: str) -> str:
         email = svc.catalog.get(name)
     except EmailTemplateError:
         abort(404)
-    recipient = Recipient(
-        email=SAMPLE_EMAIL,
-        first_name=SAMPLE_FIRST_NAME,
-        links=svc.links("preview-sample"),
-        message_id=f"<preview-{name}@{svc.sender.domain}>",
-    )
+    recipient = svc.sample_recipient()
     rendered = render(email, svc.sender, recipient)
     size = len(rendered.html.encode())
     return render_template(
@@ -86,7 +78,7 @@ def preview(name: str) -> str:
         back="dev.previews",
         subject=rendered.subject,
         headers=[
-            ("To", f"{SAMPLE_FIRST_NAME} <{SAMPLE_EMAIL}>"),
+            ("To", f"{recipient.first_name} <{recipient.email}>"),
             ("HTML size", f"{size:,} bytes"),
             ("Rendered", utcnow().strftime("%Y-%m-%d %H:%M UTC")),
         ],
