@@ -5,7 +5,7 @@
 #   docker build -t onward .
 #   docker run --rm -e DATABASE_URL=... -e REDIS_URL=... -e SMTP_URL=... onward COMMAND
 #
-# with COMMAND one of (README, Running the pieces separately):
+# with COMMAND one of (README, Production):
 #   (none)                      the web app: gunicorn on port 8000
 #   python -m worker            a worker
 #   python -m worker.schedule   the scheduler tick
