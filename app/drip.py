@@ -26,6 +26,7 @@ from app.models import (
     EmailKind,
     Subscriber,
     SubscriberStatus,
+    template_name,
 )
 
 S = SubscriberStatus
@@ -100,7 +101,7 @@ class PlannedEmail:
     @property
     def template(self) -> str:
         """The email template's name."""
-        return "confirmation" if self.kind == EmailKind.CONFIRMATION else f"step-{self.number:02d}"
+        return template_name(self.kind, self.number)
 
 
 def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:

@@ -45,6 +45,11 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
+def template_name(kind: EmailKind, number: int) -> str:
+    """The email template that sends `kind` number `number` (like `step-03`)."""
+    return "confirmation" if kind == EmailKind.CONFIRMATION else f"step-{number:02d}"
+
+
 def new_key() -> str:
     """A random, unguessable public key for a subscription (what signed links carry)."""
     return secrets.token_urlsafe(16)
@@ -142,6 +147,4 @@ class Delivery(Base):
     @property
     def template(self) -> str:
         """The name of the email template this row sends."""
-        if self.kind == EmailKind.CONFIRMATION:
-            return "confirmation"
-        return f"step-{self.number:02d}"
+        return template_name(self.kind, self.number)

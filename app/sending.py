@@ -35,9 +35,9 @@ class BatchReport:
 
     counts: Counter[str] = field(default_factory=Counter)
 
-    def add(self, outcome: str) -> None:
-        """Count one subscriber's outcome."""
-        self.counts[outcome] += 1
+    def add(self, outcome: str, count: int = 1) -> None:
+        """Count `count` subscribers with this outcome."""
+        self.counts[outcome] += count
 
     def as_dict(self) -> dict[str, int]:
         """The counts, for job results and logs."""
@@ -139,8 +139,7 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 with session_scope(services.sessions) as session:
                     drip.release_claims(session, pending, retry_at=retry_at)
                 log.warning("SMTP relay unavailable, %d emails wait: %s", len(pending) + 1, error)
-                report.add("deferred")
-                report.counts["deferred"] += len(pending)
+                report.add("deferred", 1 + len(pending))
                 break
             except TemporaryFailure as error:
                 _record_deferral(services, planned, str(error), now, against_recipient=True)

@@ -39,6 +39,24 @@ def subscriber_from(purpose: Purpose, token: str) -> Iterator[tuple[Session, Sub
         yield session, subscriber
 
 
+#: What a subscriber can do to their subscription from a link or the manage page.
+ACTIONS = ("pause", "resume", "unsubscribe", "delete")
+
+
+def take_action(action: str, session: Session, subscriber: Subscriber) -> bool:
+    """Do one of ACTIONS to the subscription; say whether it changed anything."""
+    svc = services()
+    now = svc.clock()
+    if action == "pause":
+        return drip.pause(session, subscriber, now=now)
+    if action == "resume":
+        return drip.resume(session, subscriber, policy=svc.policy, now=now)
+    if action == "unsubscribe":
+        return drip.unsubscribe(session, subscriber, now=now)
+    drip.forget(session, subscriber)
+    return True
+
+
 @bp.route("/confirm/<token>", methods=["GET", "POST"])
 def confirm(token: str) -> str:
     with subscriber_from(Purpose.CONFIRM, token) as (session, subscriber):
@@ -64,16 +82,12 @@ def pause(token: str) -> str:
     svc = services()
     with subscriber_from(Purpose.PAUSE, token) as (session, subscriber):
         action = request.form.get("action") if request.method == "POST" else None
-        resumed = False
-        if action == "pause":
-            drip.pause(session, subscriber, now=svc.clock())
-        elif action == "resume":
-            resumed = drip.resume(session, subscriber, policy=svc.policy, now=svc.clock())
+        changed = action in {"pause", "resume"} and take_action(action, session, subscriber)
         return render_template(
             "pause.html",
             subscriber=subscriber,
             token=token,
-            resumed=resumed,
+            resumed=changed and action == "resume",
             manage_url=svc.links(subscriber.key).manage_url,
         )
 
@@ -95,7 +109,6 @@ def unsubscribe(token: str) -> str:
 
 @bp.get("/manage/<token>")
 def manage(token: str) -> str:
-    svc = services()
     with subscriber_from(Purpose.MANAGE, token) as (_session, subscriber):
         return render_template(
             "manage.html",
@@ -103,25 +116,15 @@ def manage(token: str) -> str:
             token=token,
             received=drip.progress(subscriber),
             total=TOTAL_STEPS,
-            interval=svc.settings.step_interval,
         )
 
 
 @bp.post("/manage/<token>/<action>")
 def manage_action(token: str, action: str) -> BaseResponse | str:
-    svc = services()
     with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
-        now = svc.clock()
-        if action == "pause":
-            drip.pause(session, subscriber, now=now)
-        elif action == "resume":
-            drip.resume(session, subscriber, policy=svc.policy, now=now)
-        elif action == "unsubscribe":
-            drip.unsubscribe(session, subscriber, now=now)
-        elif action == "delete":
-            drip.forget(session, subscriber)
-        else:
+        if action not in ACTIONS:
             raise NotFound("There is no such action.")
+        take_action(action, session, subscriber)
     if action == "delete":
         return render_template(
             "message.html",
