@@ -54,14 +54,13 @@ class Rule:
     """One row of the table: answers it matches, and their class.
 
     `stages` empty means any stage; `codes` empty means any basic code;
-    `enhanced` is a prefix of the enhanced code ("5.1." or "4.2.2"), "" for any,
-    and None for "the answer carries no enhanced code".
+    `enhanced` is a prefix of the enhanced code ("5.1." or "4.2.2"), "" for any.
     """
 
     cls: FailureClass
     stages: frozenset[Stage] = frozenset()
     codes: frozenset[int] | range = frozenset()
-    enhanced: str | None = ""
+    enhanced: str = ""
     why: str = ""
 
     def matches(self, stage: Stage, code: int, enhanced: str | None) -> bool:
@@ -70,12 +69,12 @@ class Rule:
             return False
         if self.codes and code not in self.codes:
             return False
-        if self.enhanced is None:
-            return enhanced is None
         return self.enhanced == "" or (enhanced or "").startswith(self.enhanced)
 
 
 _ADDRESSED = frozenset({Stage.RCPT, Stage.DATA})
+#: At RCPT a 4.3.x or 4.4.x is about reaching that recipient's host, not our relay.
+_UNADDRESSED = frozenset({Stage.MAIL, Stage.DATA})
 _4XX = range(400, 500)
 _5XX = range(500, 600)
 F = FailureClass
@@ -103,8 +102,8 @@ RULES: tuple[Rule, ...] = (
     Rule(F.SENDER, enhanced="5.3.", why="5.3.x: mail system, message too big"),
     Rule(F.SENDER, enhanced="5.5.", why="5.5.x: protocol, our client"),
     Rule(F.SENDER, enhanced="5.6.", why="5.6.x: message content or encoding"),
-    Rule(F.RELAY, enhanced="4.3.", why="4.3.x: the relay's own system"),
-    Rule(F.RELAY, enhanced="4.4.", why="4.4.x: the relay's network or routing"),
+    Rule(F.RELAY, stages=_UNADDRESSED, enhanced="4.3.", why="4.3.x: the relay's own system"),
+    Rule(F.RELAY, stages=_UNADDRESSED, enhanced="4.4.", why="4.4.x: the relay's network"),
     Rule(F.RECIPIENT_TEMPORARY, stages=frozenset({Stage.RCPT}), codes=_4XX, why="4xx at RCPT"),
     Rule(F.RECIPIENT_PERMANENT, stages=frozenset({Stage.RCPT}), codes=_5XX, why="5xx at RCPT"),
     Rule(F.RECIPIENT_TEMPORARY, stages=frozenset({Stage.DATA}), enhanced="4.2.", why="4.2.x"),
