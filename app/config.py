@@ -167,6 +167,7 @@ class Settings:
             step_interval=interval("STEP_INTERVAL", "2d"),
             tick_seconds=interval("TICK_INTERVAL", "5s").total_seconds(),
             batch_size=positive_int("BATCH_SIZE", defaults.batch_size),
+            claim_lease=claim_lease(env),
             queue_name=env.get("QUEUE_NAME", defaults.queue_name),
             check_deliverability=env.get("CHECK_DELIVERABILITY", "false").lower()
             in {"1", "true", "yes"},
@@ -216,6 +217,22 @@ def parse_rate(text: str) -> Rate:
             f"SEND_RATE must be a number of emails per s, m, h or d, like 14/s, got {text!r}"
         )
     return Rate(float(match.group(1)), _RATE_PERIODS[match.group(2)])
+
+
+#: The shortest CLAIM_LEASE: a batch gets half the lease to send in.
+MIN_CLAIM_LEASE = timedelta(seconds=10)
+
+
+def claim_lease(env: Mapping[str, str]) -> timedelta:
+    """CLAIM_LEASE (default 10m): how long a batch holds its subscriptions."""
+    text = env.get("CLAIM_LEASE", "10m")
+    try:
+        lease = parse_interval(text)
+    except ConfigError as error:
+        raise ConfigError(f"CLAIM_LEASE: {error}") from None
+    if lease < MIN_CLAIM_LEASE:
+        raise ConfigError(f"CLAIM_LEASE must be at least 10s, got {text!r}")
+    return lease
 
 
 def delivery_settings(env: Mapping[str, str]) -> tuple[Rate | None, bool]:

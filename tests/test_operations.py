@@ -99,6 +99,8 @@ def test_init_db_migrates_an_empty_database_to_the_latest_revision(tmp_path: Pat
         ("STEP_INTERVAL", "soon", "STEP_INTERVAL: cannot read interval"),
         ("TICK_INTERVAL", "0s", "TICK_INTERVAL: interval '0s' must be longer than zero"),
         ("BATCH_SIZE", "lots", "BATCH_SIZE must be a whole number above zero"),
+        ("CLAIM_LEASE", "a while", "CLAIM_LEASE: cannot read interval"),
+        ("CLAIM_LEASE", "5s", "CLAIM_LEASE must be at least 10s"),
         ("SMTP_URL", "http://mail", "SMTP_URL must look like smtp://host:port"),
     ],
 )
