@@ -128,6 +128,16 @@ class Breaker:
         if self._redis.delete(self._key, self._probe_key):
             log.warning("relay accepts email again: sending resumed")
 
+    def end_probe(self) -> None:
+        """A probe is over: let the next email probe if it reached no verdict.
+
+        A probe answered with a throttle, a recipient's refusal, or never sent at
+        all says nothing about our sender; without this its token would hold
+        every worker back until PROBE_TIMEOUT. After a verdict (`succeeded` or
+        `failed`) the token is already gone.
+        """
+        self._redis.delete(self._probe_key)
+
     def state(self) -> RelayState:
         """The breaker's state, for /readyz and `flask stats`."""
         raw: dict[bytes, bytes] = self._redis.hgetall(self._key)  # type: ignore[assignment]

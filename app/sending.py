@@ -40,7 +40,15 @@ JOB_TIMEOUT = 300
 #: the lease (a slow SEND_RATE), so it ends well before either runs out.
 BATCH_TIME_SHARE = 0.5
 #: Job states in which a job with the same id will still run: queuing it again is a no-op.
-_WILL_RUN = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+#: Not STARTED: a job is queued again only once its claim lapsed, and a started job
+#: renews its claim and ends within half a lease, so a started job whose claim lapsed
+#: belongs to a worker that died (kill -9, out of memory) and will never finish.
+_WILL_RUN = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+#: Recording a sent email keeps trying through a database outage for this share
+#: of the claim lease, waiting from RECORD_FIRST_DELAY up to RECORD_MAX_DELAY seconds.
+RECORD_TIME_SHARE = 0.5
+RECORD_FIRST_DELAY = 0.1
+RECORD_MAX_DELAY = 5.0
 #: How long "this template is broken" is remembered, so it is logged once, not per email.
 BROKEN_TEMPLATE_REPORT_TTL = 3600
 
@@ -150,7 +158,12 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 report.add("waiting", len(pending))
                 break
             subscriber_id = pending.pop(0)
-            outcome = _send_one(services, mailer, subscriber_id, now, probe=gate == Gate.PROBE)
+            probe = gate == Gate.PROBE
+            try:
+                outcome = _send_one(services, mailer, subscriber_id, now, probe=probe)
+            finally:
+                if probe:
+                    services.breaker.end_probe()
             report.add(outcome.name)
             if outcome.stop:
                 _hand_back(services, pending, outcome.retry_at)
@@ -271,18 +284,34 @@ def _hand_back(services: Services, ids: list[int], retry_at: datetime | None) ->
 
 
 def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
-    """Mark one email sent; retried once, since the relay already has it."""
-    for attempt in (1, 2):
+    """Mark one email sent, trying again while the database is away.
+
+    The relay already has the email. Another worker takes a `sending` row over
+    (and sends it again, same Message-ID) only after a whole claim lease, so
+    recording keeps trying for RECORD_TIME_SHARE of the lease: a database
+    restart or failover in that time sends nothing twice.
+    """
+    budget = services.settings.claim_lease.total_seconds() * RECORD_TIME_SHARE
+    deadline = time.monotonic() + budget
+    delay = RECORD_FIRST_DELAY
+    while True:
         try:
             with session_scope(services.sessions) as session:
                 drip.finish_delivery(session, delivery_id, policy=services.policy, now=now)
             return
-        except SQLAlchemyError:
-            if attempt == 2:
+        except SQLAlchemyError as error:
+            if time.monotonic() + delay > deadline:
                 # The ledger row stays `sending`; when its lease lapses the email is
                 # sent again with the same Message-ID (at least once, never lost).
                 raise
-            log.warning("recording delivery %s failed, retrying", delivery_id, exc_info=True)
+            log.warning(
+                "recording delivery %s as sent failed, retrying in %.1fs: %s",
+                delivery_id,
+                delay,
+                error.__class__.__name__,
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, RECORD_MAX_DELAY)
 
 
 def _defer(

@@ -4,7 +4,10 @@ GCRA in a Lua script, timed by the Redis server's clock: each email reserves the
 next free slot one emission interval after the last, so however many workers ask
 at once, slots are never closer together than SEND_RATE allows. When the relay
 answers "slow down", the shared factor halves (every worker slows at once) and
-then recovers by doubling every RECOVERY_SECONDS without another throttle.
+then recovers by doubling every RECOVERY_SECONDS without another throttle. The
+answers that several workers get from one throttling burst (every email in
+flight hears it) halve the rate once: within HOLD_SECONDS of a slow-down,
+another answer changes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 RECOVERY_SECONDS = 60.0
 #: The slowest the factor goes: SEND_RATE / 64.
 MIN_FACTOR = 1 / 64
+#: Throttling answers this soon after a slow-down belong to the same burst.
+HOLD_SECONDS = 5.0
 
 # The factor in force at `now`: halved at throttled_at, doubling every RECOVERY_SECONDS since.
 _FACTOR_LUA = """
@@ -50,15 +55,18 @@ return string.format('%.6f', tat - now)
 """
 )
 
-# KEYS[1]: throttle state; ARGV[1]: recovery seconds; ARGV[2]: minimum factor.
-# Returns the new factor, as a string.
+# KEYS[1]: throttle state; ARGV[1]: recovery seconds; ARGV[2]: minimum factor;
+# ARGV[3]: hold seconds. Returns {new factor as a string, 1 if it changed else 0}.
 _SLOW_DOWN = (
     _FACTOR_LUA
     + """
-local f = math.max(tonumber(ARGV[2]), factor(KEYS[1], now, tonumber(ARGV[1])) / 2)
+local current = factor(KEYS[1], now, tonumber(ARGV[1]))
+local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
+if now - at < tonumber(ARGV[3]) then return {string.format('%.6f', current), 0} end
+local f = math.max(tonumber(ARGV[2]), current / 2)
 redis.call('HSET', KEYS[1], 'factor', string.format('%.6f', f), 'at', string.format('%.6f', now))
 redis.call('EXPIRE', KEYS[1], 86400)
-return string.format('%.6f', f)
+return {string.format('%.6f', f), 1}
 """
 )
 
@@ -96,10 +104,13 @@ class SendRate:
             time.sleep(delay)
 
     def slow_down(self, reason: str) -> float:
-        """Halve the shared rate (all workers); return the new factor. Logged."""
-        factor = float(
-            self._slow_down(keys=[self._throttle_key], args=[RECOVERY_SECONDS, MIN_FACTOR])
+        """Halve the shared rate (all workers), once per burst; return the factor. Logged."""
+        answer, changed = self._slow_down(
+            keys=[self._throttle_key], args=[RECOVERY_SECONDS, MIN_FACTOR, HOLD_SECONDS]
         )
+        factor = float(answer)
+        if not changed:
+            return factor
         log.warning(
             "relay is throttling us (%s): send rate now %.3g/s of SEND_RATE %s",
             reason,

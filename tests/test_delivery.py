@@ -10,16 +10,19 @@ from datetime import timedelta
 from email import policy
 from email.header import decode_header, make_header
 from email.parser import BytesParser, Parser
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from flask.testing import FlaskClient
+from rq.job import JobStatus
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
-from app import drip
+from app import drip, sendrate
 from app.config import ConfigError, Rate, Settings, parse_rate
 from app.db import session_scope
-from app.models import Subscriber, SubscriberStatus
+from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from app.sending import dispatch, send_batch
 from app.services import Services
 from tests.support import (
@@ -229,6 +232,25 @@ def test_a_finished_job_does_not_block_the_same_claim_later(
     assert len(smtp.to("ada@example.com")) == 1
 
 
+def test_the_batch_of_a_worker_killed_mid_job_is_queued_again_after_its_lease(
+    services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    for n in range(3):
+        active_subscriber(services, f"p{n}@example.com", clock.now)
+    tick(services)
+    # A worker took the job off the queue, started it, and was killed: rq's record
+    # still says started, and no worker will ever finish it.
+    [job] = services.queue.jobs
+    services.queue.remove(job)
+    job.set_status(JobStatus.STARTED)
+    clock.advance(services.settings.claim_lease)
+    assert tick(services) == 3
+    run_worker(services)
+    assert sorted(r.envelope_to[0] for r in smtp.messages) == [
+        f"p{n}@example.com" for n in range(3)
+    ]
+
+
 def test_after_a_crash_nothing_stays_claimed_longer_than_one_lease(
     services: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
@@ -246,6 +268,36 @@ def test_after_a_crash_nothing_stays_claimed_longer_than_one_lease(
     ]
     [resent] = smtp.to("p0@example.com")
     assert resent.message["Message-ID"] == planned.message_id
+
+
+def test_a_database_outage_after_the_relay_accepted_sends_nothing_twice(
+    services: Services, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
+    finish = drip.finish_delivery
+    outage = {"tries": 3}
+
+    def database_away(*args: Any, **kwargs: Any) -> None:
+        # The database restarts just as the relay answers 250: the first tries to
+        # record the email fail, as a dropped connection does.
+        if outage["tries"]:
+            outage["tries"] -= 1
+            raise OperationalError("UPDATE delivery", {}, ConnectionError("server closed"))
+        finish(*args, **kwargs)
+
+    monkeypatch.setattr(drip, "finish_delivery", database_away)
+    claim(services, [subscriber_id], clock.now)
+    assert send_batch(services, [subscriber_id]).as_dict() == {"sent": 1}
+    assert outage["tries"] == 0
+    with session_scope(services.sessions) as session:
+        [row] = session.scalars(select(Delivery)).all()
+        assert row.status == DeliveryStatus.SENT
+        assert session.get_one(Subscriber, subscriber_id).next_step == 2
+    # Long after a lease the email is still recorded as sent: it is not sent again.
+    clock.advance(services.settings.claim_lease)
+    tick(services)
+    run_worker(services)
+    assert len(smtp.to("ada@example.com")) == 1
 
 
 # --- the send rate -----------------------------------------------------------------------
@@ -279,6 +331,21 @@ def test_slots_are_spaced_by_the_rate_across_processes(services: Services) -> No
     assert first.send_rate.reserve() == pytest.approx(0.5, abs=0.05)
     first.close()
     second.close()
+
+
+def test_one_throttling_burst_halves_the_rate_once(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limited = Services(services.settings.with_changes(send_rate=Rate(10, 1)))
+    assert limited.send_rate is not None
+    assert limited.send_rate.slow_down("421 4.7.0 first worker") == pytest.approx(0.5, abs=0.01)
+    # Every email in flight hears the same burst; the rate halves once for all of them.
+    for _ in range(5):
+        assert limited.send_rate.slow_down("421 4.7.0 another") == pytest.approx(0.5, abs=0.01)
+    # A throttle after the burst's hold halves it again.
+    monkeypatch.setattr(sendrate, "HOLD_SECONDS", 0.0)
+    assert limited.send_rate.slow_down("421 4.7.0 still") == pytest.approx(0.25, abs=0.01)
+    limited.close()
 
 
 @pytest.mark.slow

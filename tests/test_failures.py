@@ -13,7 +13,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from app import create_app
-from app.breaker import BASE_COOLDOWN, MAX_COOLDOWN
+from app.breaker import BASE_COOLDOWN, MAX_COOLDOWN, Gate
 from app.checks import check_base_url, check_emails
 from app.config import ConfigError, Rate
 from app.db import session_scope
@@ -186,6 +186,31 @@ def test_the_breaker_probes_with_one_email_and_grows_its_cool_down(
     assert not services.breaker.state().open
     assert any("sending resumed" in r.getMessage() for r in caplog.records)
     assert all(subscriber(services, n).send_failures == 0 for n in ids)
+
+
+def test_a_probe_that_reaches_no_verdict_lets_the_next_email_probe(
+    services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    ids = [active_subscriber(services, f"p{n}@example.com", clock.now) for n in range(3)]
+    smtp.answers["data"] = "554 5.7.1 Message rejected: Email address is not verified"
+    claim(services, ids, clock.now)
+    send_batch(services, ids)
+    assert services.breaker.state().open
+    # The cool-down is over; the probe email meets a throttle, which says nothing
+    # about our sender.
+    smtp.answers = {"mail": "421 4.7.0 Too many messages, slow down"}
+    clock.advance(BASE_COOLDOWN)
+    claim(services, ids, clock.now)
+    assert send_batch(services, ids).as_dict() == {"deferred": 1, "waiting": 2}
+    # The next email may probe at once, instead of every worker waiting for the
+    # lost probe to time out.
+    assert services.breaker.gate(clock.now) == Gate.PROBE
+    services.breaker.end_probe()
+    smtp.answers = {}
+    more = [active_subscriber(services, f"q{n}@example.com", clock.now) for n in range(2)]
+    claim(services, more, clock.now)
+    assert send_batch(services, more).as_dict() == {"sent": 2}
+    assert not services.breaker.state().open
 
 
 def test_an_unreachable_relay_opens_the_breaker_and_bounces_nobody(
