@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench previews lint format install clean
+.PHONY: run test bench soak previews lint format install clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.sending
+
+# The fault soak; `make soak SOAK_ARGS=--short` is the form CI runs.
+soak: $(STAMP)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 previews: $(STAMP)
 	$(PY) -m app.dev.previews
