@@ -6,6 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import DEV_SECRET_KEY, ConfigError, Settings
+from app.course import CourseError
 from app.emails import EmailTemplateError
 from app.logs import configure_logging
 from app.services import Services
@@ -39,6 +40,14 @@ def check_production(services: Services) -> None:
         raise ConfigError(f"cannot reach the database at DATABASE_URL: {reason}") from None
 
 
+def check_course(services: Services) -> None:
+    """Load the course file and compile and render every email it names, or raise ConfigError."""
+    try:
+        services.catalog  # noqa: B018
+    except (CourseError, EmailTemplateError) as error:
+        raise ConfigError(f"the course in EMAILS_DIR cannot be used: {error}") from None
+
+
 def start_process(name: str) -> Services:
     """Settings, logging and services for a sending process, checked before it starts.
 
@@ -53,10 +62,7 @@ def start_process(name: str) -> Services:
         check_production(services)
         services.queue  # noqa: B018
         services.dkim  # noqa: B018
-        services.catalog  # noqa: B018
-    except EmailTemplateError as error:
-        services.close()
-        raise ConfigError(f"the email templates cannot be compiled: {error}") from None
+        check_course(services)
     except ConfigError:
         services.close()
         raise

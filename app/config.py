@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -32,6 +33,20 @@ def parse_interval(text: str) -> timedelta:
     if seconds <= 0:
         raise ConfigError(f"interval {text!r} must be longer than zero")
     return timedelta(seconds=seconds)
+
+
+def parse_reply_to(text: str) -> str | None:
+    """REPLY_TO: one address (optionally with a name) that replies go to; empty: none."""
+    value = text.strip()
+    if not value:
+        return None
+    _name, address = parseaddr(value)
+    local, _, domain = address.rpartition("@")
+    if "\r" in value or "\n" in value or not local or "." not in domain:
+        raise ConfigError(
+            f"REPLY_TO must be one email address, like help@example.com, got {text!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,8 @@ class Settings:
     dkim_key_file: Path | None = None
     dkim_selector: str = "onward"
     dkim_domain: str | None = None
+    #: Where replies to the course emails go; None: no Reply-To, no invitation to reply.
+    reply_to: str | None = None
 
     @property
     def production(self) -> bool:
@@ -173,4 +190,5 @@ class Settings:
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,
+            reply_to=parse_reply_to(env.get("REPLY_TO", "")),
         )

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from app.models import (
     ENDED_STATUSES,
-    TOTAL_STEPS,
     Consent,
     Delivery,
     DeliveryStatus,
@@ -61,6 +60,8 @@ class Policy:
     """The timing rules of the course, from the settings."""
 
     step_interval: timedelta
+    #: How many steps the course has (from the course file).
+    total_steps: int
     confirm_resend_after: timedelta = timedelta(minutes=10)
     claim_lease: timedelta = timedelta(minutes=10)
 
@@ -372,13 +373,13 @@ def message_id_for(subscriber_key: str, kind: EmailKind, number: int, domain: st
     return f"<{kind}-{number}.{digest}@{domain}>"
 
 
-def due_email(subscriber: Subscriber) -> tuple[EmailKind, int] | None:
+def due_email(subscriber: Subscriber, total_steps: int) -> tuple[EmailKind, int] | None:
     """Which email the subscription is due next, if any."""
     if subscriber.next_send_at is None:
         return None
     if subscriber.status == S.PENDING:
         return EmailKind.CONFIRMATION, subscriber.confirmations_requested
-    if subscriber.status == S.ACTIVE and subscriber.next_step <= TOTAL_STEPS:
+    if subscriber.status == S.ACTIVE and subscriber.next_step <= total_steps:
         return EmailKind.STEP, subscriber.next_step
     return None
 
@@ -395,7 +396,7 @@ def begin_delivery(
     subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
     if subscriber is None or subscriber.next_send_at is None or subscriber.next_send_at > now:
         return None
-    due = due_email(subscriber)
+    due = due_email(subscriber, policy.total_steps)
     if due is None:
         return None
     kind, number = due
@@ -466,7 +467,7 @@ def _advance(
             subscriber.next_send_at = None
         return
     subscriber.next_step = max(subscriber.next_step, number + 1)
-    if subscriber.next_step > TOTAL_STEPS:
+    if subscriber.next_step > policy.total_steps:
         if _move(subscriber, "complete"):
             _end(subscriber, now)
     elif subscriber.status == S.ACTIVE:
@@ -514,6 +515,6 @@ def fail_delivery(session: Session, delivery_id: int, *, error: str, now: dateti
         subscriber.claimed_until = None
 
 
-def progress(subscriber: Subscriber) -> int:
-    """How many course steps the subscriber has received."""
-    return min(subscriber.next_step - 1, TOTAL_STEPS)
+def progress(subscriber: Subscriber, total_steps: int) -> int:
+    """How many of the course's `total_steps` steps the subscriber has received."""
+    return min(subscriber.next_step - 1, total_steps)

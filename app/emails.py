@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import html
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
@@ -14,8 +14,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import mrml
-from jinja2 import Environment, StrictUndefined, Template
+from jinja2 import Environment, StrictUndefined, Template, TemplateError
 
+from app.course import Course
 from app.tokens import Links
 
 #: Headers set raw (List-Unsubscribe) are written as they are, never re-folded.
@@ -24,6 +25,16 @@ _INCLUDE = re.compile(r'<mj-include\s+path="([^"]+)"\s*/>')
 #: Tags after which the plain-text part starts a new paragraph.
 _BLOCK_TAGS = {"p", "div", "h1", "h2", "h3", "table", "tr", "ul", "ol"}
 _SKIP_TAGS = {"style", "script", "head", "title"}
+#: Elements with this class (the brand line, the "Step 3 of 10" eyebrow) are left out of
+#: the text part, where the subject line and the heading already say it.
+HTML_ONLY = "html-only"
+_BLANK_LINES = re.compile(r"\n{3,}")
+_VOID_TAGS = {"br", "img", "meta", "link", "hr"}
+#: The preheader's hidden div, as mrml writes it from <mj-preview>.
+_PREHEADER = re.compile(r'(<div style="display:none;[^"]*">)(.*?)(</div>)', re.S)
+#: Invisible filler after the preheader text: inbox previews show it instead of
+#: running on into the brand line and the heading (Litmus' and Email on Acid's pattern).
+PREHEADER_SPACER = "&#847;&zwnj;&nbsp;" * 90
 
 
 class EmailTemplateError(RuntimeError):
@@ -38,6 +49,12 @@ class CompiledEmail:
     subject: Template
     html: Template
     text: Template
+    #: What the course says about this email, the same for every recipient.
+    context: Mapping[str, object]
+    #: The step this email sends (None: the confirmation).
+    step: int | None = None
+    #: Every step's action, in order, for the recap links (the last step only).
+    actions: tuple[str, ...] = ()
 
 
 class HtmlToText(HTMLParser):
@@ -48,13 +65,15 @@ class HtmlToText(HTMLParser):
         self._parts: list[str] = []
         self._skip_depth = 0
         self._links: list[tuple[str, int]] = []
+        self._written_urls: set[str] = set()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         style = (attributes.get("style") or "").replace(" ", "").lower()
-        if self._skip_depth or tag in _SKIP_TAGS or "display:none" in style:
-            # Hidden content (the preheader) and styles have no place in text.
-            if tag not in {"br", "img", "meta", "link", "hr"}:
+        hidden = "display:none" in style or HTML_ONLY in (attributes.get("class") or "").split()
+        if self._skip_depth or tag in _SKIP_TAGS or hidden:
+            # Hidden content (the preheader), HTML-only repeats and styles have no place in text.
+            if tag not in _VOID_TAGS:
                 self._skip_depth += 1
             return
         if tag in _BLOCK_TAGS:
@@ -68,7 +87,7 @@ class HtmlToText(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if self._skip_depth:
-            if tag not in {"br", "img", "meta", "link", "hr"}:
+            if tag not in _VOID_TAGS:
                 self._skip_depth -= 1
             return
         if tag in _BLOCK_TAGS:
@@ -76,8 +95,11 @@ class HtmlToText(HTMLParser):
         elif tag == "a" and self._links:
             href, start = self._links.pop()
             label = "".join(self._parts[start:]).strip()
-            if href and href != label:
-                self._parts.append(f" ({href})" if label else href)
+            # Each URL is written out once: a reader of the text part copies it from there.
+            if href and href not in self._written_urls:
+                self._written_urls.add(href)
+                if href != label:
+                    self._parts.append(f" ({href})" if label else href)
 
     def handle_data(self, data: str) -> None:
         if not self._skip_depth:
@@ -86,7 +108,7 @@ class HtmlToText(HTMLParser):
     def text(self) -> str:
         """The text gathered so far, with tidy line breaks."""
         lines = [line.strip() for line in "".join(self._parts).splitlines()]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+        return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip() + "\n"
 
 
 def html_to_text(markup: str) -> str:
@@ -108,6 +130,11 @@ def resolve_includes(path: Path) -> str:
     return _INCLUDE.sub(lambda match: (path.parent / match[1]).read_text(encoding="utf-8"), source)
 
 
+def add_preheader_spacer(markup: str) -> str:
+    """The compiled HTML with the invisible spacer after the preheader text."""
+    return _PREHEADER.sub(lambda m: f"{m[1]}{m[2]}{PREHEADER_SPACER}{m[3]}", markup, count=1)
+
+
 def compile_mjml(path: Path) -> mrml.Output:
     """Compile one MJML file (its includes resolved from its folder) to HTML."""
     try:
@@ -118,30 +145,60 @@ def compile_mjml(path: Path) -> mrml.Output:
 
 
 class EmailCatalog:
-    """Every email in a folder, compiled from MJML once and kept as Jinja templates."""
+    """Every email of a course, compiled from MJML once and kept as Jinja templates."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, course: Course) -> None:
+        self.course = course
         self._html_env = Environment(undefined=StrictUndefined, autoescape=True)
         self._text_env = Environment(undefined=StrictUndefined, autoescape=False)
         self._emails: dict[str, CompiledEmail] = {}
-        for path in sorted(folder.glob("*.mjml")):
-            if path.name.startswith("_"):
-                continue  # shared parts, included by the others
-            output = compile_mjml(path)
-            if not output.title:
-                raise EmailTemplateError(f"{path.name}: no <mj-title> to use as the subject")
-            self._emails[path.stem] = CompiledEmail(
-                name=path.stem,
-                subject=self._text_env.from_string(html.unescape(output.title)),
-                html=self._html_env.from_string(output.content),
-                text=self._text_env.from_string(html_to_text(output.content)),
+        common = {
+            "course_title": course.title,
+            "sender_name": course.sender_name,
+            "credit": course.credit,
+            "step_count": course.step_count,
+        }
+        self._add(course.confirmation_template, course.confirmation_subject, common)
+        for step in course.steps:
+            context = {
+                **common,
+                "step": step.number,
+                "closer": step.closer,
+                # The last step has nothing left to pause; the confirmation nothing yet.
+                "pausable": step.number < course.step_count,
+            }
+            # The last step recaps every step's action, each linked to its browser page.
+            actions = (
+                tuple(s.action for s in course.steps) if step.number == course.step_count else ()
             )
-        if not self._emails:
-            raise EmailTemplateError(f"no email templates found in {folder}")
+            self._add(step.template, step.subject, context, step=step.number, actions=actions)
+
+    def _add(
+        self,
+        name: str,
+        subject: str,
+        context: dict[str, object],
+        *,
+        step: int | None = None,
+        actions: tuple[str, ...] = (),
+    ) -> None:
+        path = self.course.folder / f"{name}.mjml"
+        if not path.is_file():
+            raise EmailTemplateError(f"{name}.mjml: the course names it but there is no such file")
+        markup = add_preheader_spacer(compile_mjml(path).content)
+        self._emails[name] = CompiledEmail(
+            name=name,
+            subject=self._text_env.from_string(subject),
+            html=self._html_env.from_string(markup),
+            text=self._text_env.from_string(html_to_text(markup)),
+            context=context,
+            step=step,
+            actions=actions,
+        )
 
     @property
     def names(self) -> list[str]:
-        """The names of every email, in order."""
+        """The names of every email, confirmation first, then the steps in order."""
         return list(self._emails)
 
     def get(self, name: str) -> CompiledEmail:
@@ -150,6 +207,16 @@ class EmailCatalog:
             return self._emails[name]
         except KeyError:
             raise EmailTemplateError(f"no email template called {name!r}") from None
+
+    def check(self, sender: Sender, recipient: Recipient) -> None:
+        """Render every email for `recipient`; EmailTemplateError names the first that fails."""
+        for name, email in self._emails.items():
+            try:
+                rendered = render(email, sender, recipient)
+            except TemplateError as error:
+                raise EmailTemplateError(f"{name}.mjml: {error}") from None
+            if not rendered.subject or not rendered.text.strip():
+                raise EmailTemplateError(f"{name}.mjml: renders an empty subject or body")
 
 
 @dataclass(frozen=True)
@@ -160,6 +227,11 @@ class Sender:
     postal_address: str
     base_url: str
     confirm_max_age: timedelta
+    #: Where replies go (REPLY_TO); None: no Reply-To header and no invitation to reply.
+    reply_to: str | None = None
+    #: The List-Id header's title and id (RFC 2919), from the course file; "": no List-Id.
+    list_title: str = ""
+    list_id: str = ""
 
     @property
     def domain(self) -> str:
@@ -188,21 +260,30 @@ class RenderedEmail:
 
 def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> RenderedEmail:
     """Personalise a compiled email for one recipient."""
+    links = recipient.links
     context = {
+        **email.context,
         "first_name": recipient.first_name,
-        "confirm_url": recipient.links.confirm_url,
-        "pause_url": "" if email.name == "confirmation" else recipient.links.pause_url,
-        "unsubscribe_url": recipient.links.unsubscribe_url,
-        "manage_url": recipient.links.manage_url,
+        "confirm_url": links.confirm_url,
+        "pause_url": links.pause_url if email.context.get("pausable") else "",
+        "unsubscribe_url": links.unsubscribe_url,
+        "manage_url": links.manage_url,
         "confirm_days": sender.confirm_max_age.days,
         "postal_address": sender.postal_address,
         "base_url": sender.base_url,
+        "reply_to": bool(sender.reply_to),
+        "read_url": "",
+        "recap": [],
     }
-    return RenderedEmail(
-        subject=email.subject.render(context).strip(),
-        html=email.html.render(context),
-        text=email.text.render(context),
-    )
+    if email.step is not None:
+        context["read_url"] = links.step_url(email.step)
+        context["recap"] = [
+            (links.step_url(number), action) for number, action in enumerate(email.actions, 1)
+        ]
+    context["subject"] = subject = email.subject.render(context).strip()
+    # Paragraphs left out by a condition ({% if reply_to %}) leave blank lines behind.
+    text = _BLANK_LINES.sub("\n\n", email.text.render(context))
+    return RenderedEmail(subject=subject, html=email.html.render(context), text=text)
 
 
 def build_message(
@@ -215,7 +296,10 @@ def build_message(
     message["To"] = Address(display_name=recipient.first_name, addr_spec=recipient.email)
     message["Date"] = format_datetime(now)
     message["Message-ID"] = recipient.message_id
-    message["List-Id"] = f"10 steps to recover from job rejection <course.{sender.domain}>"
+    if sender.reply_to:
+        message["Reply-To"] = sender.reply_to
+    if sender.list_id:
+        message["List-Id"] = f"{sender.list_title} <{sender.list_id}.{sender.domain}>"
     unsubscribe_url = recipient.links.unsubscribe_url
     if any(char in unsubscribe_url for char in "\r\n <>"):
         raise ValueError(f"unsafe unsubscribe URL: {unsubscribe_url!r}")

@@ -11,8 +11,6 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
 
-TOTAL_STEPS = 10
-
 
 class SubscriberStatus(StrEnum):
     """Where a subscription stands; `drip.TRANSITIONS` says how it may move."""
@@ -76,7 +74,7 @@ class Subscriber(Base):
     email: Mapped[str] = mapped_column(String(320))
     first_name: Mapped[str] = mapped_column(String(100), default="")
     status: Mapped[SubscriberStatus] = mapped_column(String(16), default=SubscriberStatus.PENDING)
-    #: The course step to send next (1..TOTAL_STEPS).
+    #: The course step to send next (1 up to the course's step count; past it: done).
     next_step: Mapped[int] = mapped_column(Integer, default=1)
     #: When the next email (confirmation or step) is due; NULL when nothing is.
     next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)

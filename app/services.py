@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import ConfigError, Settings
+from app.course import Course, load_course
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
@@ -60,6 +61,7 @@ class Services:
         """The course timing rules."""
         return Policy(
             step_interval=self.settings.step_interval,
+            total_steps=self.course.step_count,
             confirm_resend_after=self.settings.confirm_resend_after,
             claim_lease=self.settings.claim_lease,
         )
@@ -70,9 +72,20 @@ class Services:
         return LinkSigner(self.settings.secret_key, confirm_max_age=self.settings.confirm_max_age)
 
     @cached_property
+    def course(self) -> Course:
+        """The course: its steps, subjects and wording, from EMAILS_DIR/course.toml."""
+        return load_course(self.settings.emails_dir)
+
+    @cached_property
     def catalog(self) -> EmailCatalog:
-        """Every email, compiled from MJML once per process."""
-        return EmailCatalog(self.settings.emails_dir)
+        """Every email of the course, compiled from MJML once per process.
+
+        Each is rendered once for a sample recipient, so a template that cannot be
+        personalised stops the process at start rather than failing at send time.
+        """
+        catalog = EmailCatalog(self.course)
+        catalog.check(self.sender, self.sample_recipient())
+        return catalog
 
     @cached_property
     def sender(self) -> Sender:
@@ -83,6 +96,9 @@ class Services:
             postal_address=settings.postal_address,
             base_url=settings.base_url,
             confirm_max_age=settings.confirm_max_age,
+            reply_to=settings.reply_to,
+            list_title=self.course.title,
+            list_id=self.course.list_id,
         )
 
     @cached_property

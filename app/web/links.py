@@ -17,7 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from app import drip
 from app.db import session_scope
-from app.models import TOTAL_STEPS, Subscriber, SubscriberStatus
+from app.models import Subscriber, SubscriberStatus
 from app.tokens import Purpose
 from app.web import services
 from app.web.pages import client_ip, send_soon
@@ -114,8 +114,8 @@ def manage(token: str) -> str:
             "manage.html",
             subscriber=subscriber,
             token=token,
-            received=drip.progress(subscriber),
-            total=TOTAL_STEPS,
+            received=drip.progress(subscriber, services().course.step_count),
+            total=services().course.step_count,
         )
 
 
@@ -158,7 +158,7 @@ def subscriber_data(subscriber: Subscriber) -> dict[str, object]:
         "email": subscriber.email,
         "first_name": subscriber.first_name,
         "status": str(subscriber.status),
-        "steps_received": drip.progress(subscriber),
+        "steps_received": drip.progress(subscriber, services().course.step_count),
         "signed_up_at": when(subscriber.created_at),
         "next_email_at": when(subscriber.next_send_at),
         "consent": {

@@ -16,13 +16,6 @@ from app.web import TooManyAttempts, services
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
 
-#: What the visitor agrees to; stored with each consent record.
-CONSENT_WORDING = (
-    "Send me the free course '10 steps to recover from job rejection': a confirmation "
-    "email now, then one short email every few days, ten in all. I can pause or "
-    "unsubscribe at any time."
-)
-
 
 def client_ip() -> str | None:
     """The visitor's address as this server sees it."""
@@ -70,7 +63,7 @@ def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
             email,
             first_name=first_name,
             source=source,
-            wording=CONSENT_WORDING,
+            wording=svc.course.consent_wording,
             ip=client_ip(),
             user_agent=request.user_agent.string,
             policy=svc.policy,
@@ -84,7 +77,10 @@ def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
 
 @bp.get("/")
 def index() -> str:
-    return render_template("index.html", wording=CONSENT_WORDING, error=None, form={})
+    course = services().course
+    return render_template(
+        "index.html", wording=course.consent_wording, credit=course.credit, error=None, form={}
+    )
 
 
 @bp.post("/subscribe")
@@ -96,5 +92,13 @@ def subscribe_form() -> tuple[str, int] | str:
     error = sign_up(email, request.form.get("first_name", ""), source="form")
     if error:
         form = {"email": email, "first_name": request.form.get("first_name", "")}
-        return render_template("index.html", wording=CONSENT_WORDING, error=error, form=form), 400
+        course = services().course
+        page = render_template(
+            "index.html",
+            wording=course.consent_wording,
+            credit=course.credit,
+            error=error,
+            form=form,
+        )
+        return page, 400
     return render_template("check_inbox.html")
