@@ -186,15 +186,18 @@ class EmailCatalog:
         if not path.is_file():
             raise EmailTemplateError(f"{name}.mjml: the course names it but there is no such file")
         markup = add_preheader_spacer(compile_mjml(path).content)
-        self._emails[name] = CompiledEmail(
-            name=name,
-            subject=self._text_env.from_string(subject),
-            html=self._html_env.from_string(markup),
-            text=self._text_env.from_string(html_to_text(markup)),
-            context=context,
-            step=step,
-            actions=actions,
-        )
+        try:
+            self._emails[name] = CompiledEmail(
+                name=name,
+                subject=self._text_env.from_string(subject),
+                html=self._html_env.from_string(markup),
+                text=self._text_env.from_string(html_to_text(markup)),
+                context=context,
+                step=step,
+                actions=actions,
+            )
+        except TemplateError as error:
+            raise EmailTemplateError(f"{name}.mjml: {error}") from None
 
     @property
     def names(self) -> list[str]:
