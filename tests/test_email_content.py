@@ -22,9 +22,7 @@ PRESSURE = re.compile(
     re.IGNORECASE,
 )
 #: A promise about when the next email comes: the schedule (STEP_INTERVAL) decides that.
-TIMING = re.compile(
-    r"\b(couple of days|in (a few|two|three|\d+) days|tomorrow|arrives in)\b", re.I
-)
+TIMING = re.compile(r"\b(couple of days|in (a few|two|three|\d+) days|tomorrow|arrives in)\b", re.I)
 #: Quoted but not quotations: book titles, and words the reader might write, as examples.
 NOT_QUOTATIONS = {
     "Tame Your Terrible Office Tyrant",

@@ -585,3 +585,16 @@ def test_the_step_count_follows_from_the_course_file(tmp_path: Path) -> None:
     assert services.catalog.names == ["confirmation", "step-01", "step-02", "step-03"]
     third = rendered_as(services.catalog, "step-03")
     assert "Pause the course" not in third.text
+
+
+def test_reply_to_is_read_from_the_environment_and_a_bad_one_refused() -> None:
+    assert Settings.from_env({}).reply_to is None
+    assert Settings.from_env({"REPLY_TO": " "}).reply_to is None
+    assert Settings.from_env({"REPLY_TO": "Sam <sam@example.com>"}).reply_to == (
+        "Sam <sam@example.com>"
+    )
+    services = Services(Settings.from_env({"REPLY_TO": "sam@example.com"}))
+    assert services.sender.reply_to == "sam@example.com"
+    for bad in ("sam", "sam@localhost", "sam@example.com\r\nBcc: x@example.com"):
+        with pytest.raises(ConfigError, match="REPLY_TO"):
+            Settings.from_env({"REPLY_TO": bad})
