@@ -73,15 +73,6 @@ class Course:
             raise CourseError(f"the course has no step {number}")
         return self.steps[number - 1]
 
-    def subject_of(self, template: str) -> str:
-        """The subject line of the email sent with `template`."""
-        if template == self.confirmation_template:
-            return self.confirmation_subject
-        for step in self.steps:
-            if step.template == template:
-                return step.subject
-        raise CourseError(f"no email of the course uses the template {template!r}")
-
 
 def _text(table: dict[str, Any], key: str, where: str) -> str:
     value = table.get(key)

@@ -7,7 +7,10 @@ never changes anything, and is neither cached nor sent on in a Referer.
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, render_template
+from markupsafe import Markup
 from werkzeug.exceptions import NotFound
 
 from app import drip
@@ -17,6 +20,7 @@ from app.web import services
 from app.web.links import subscriber_from
 
 bp = Blueprint("reading", __name__)
+_BODY = re.compile(r"(<body[^>]*>)")
 
 
 @bp.get("/read/<token>/<int:number>")
@@ -39,10 +43,13 @@ def read_step(token: str, number: int) -> str:
             message_id="",
         )
     rendered = render(svc.catalog.get(step.template), svc.sender, recipient)
+    # The page is the email itself (its own styles and phone layout), with a list of
+    # the other steps received placed at the top of its body.
+    head, body_tag, body = _BODY.split(rendered.html, maxsplit=1)
     return render_template(
         "read.html",
-        title=rendered.subject,
-        html=rendered.html,
+        head=Markup(head + body_tag),
+        body=Markup(body),
         number=number,
         steps=course.steps[:received],
         token=token,
