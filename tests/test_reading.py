@@ -66,9 +66,12 @@ def test_each_received_step_opens_in_the_browser_from_its_email(
         assert "Hi there," in page  # the email as Ada received it
         assert response.headers["Cache-Control"] == "no-store"
         assert response.headers["Referrer-Policy"] == "no-referrer"
-    # Each page lists the other received steps.
-    page = client.get(path_of(step_two.link("read"))).get_data(as_text=True)
-    assert path_of(step_one.link("read")) in page
+    # Each page links to the other received steps, and to no later one.
+    two = path_of(step_two.link("read"))
+    page = client.get(two).get_data(as_text=True)
+    base = two.rpartition("/")[0]
+    assert f'href="{base}/1"' in page
+    assert f'href="{base}/3"' not in page
 
 
 def test_a_step_not_yet_received_is_refused(
