@@ -12,6 +12,7 @@ from rq import Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.breaker import Breaker
 from app.config import ConfigError, Settings
 from app.course import Course, load_course
 from app.db import make_engine, make_sessionmaker, utcnow
@@ -19,6 +20,7 @@ from app.dkim import DkimSigner
 from app.drip import Policy
 from app.emails import EmailCatalog, Recipient, Sender
 from app.mailer import SmtpMailer
+from app.sendrate import SendRate
 from app.tokens import Links, LinkSigner
 
 
@@ -57,6 +59,17 @@ class Services:
         return Queue(self.settings.queue_name, connection=self.redis)
 
     @cached_property
+    def breaker(self) -> Breaker:
+        """The relay breaker, shared by every sending process through Redis."""
+        return Breaker(self.redis, prefix=self.settings.queue_name)
+
+    @cached_property
+    def send_rate(self) -> SendRate | None:
+        """The global send rate (SEND_RATE), shared through Redis; None when unlimited."""
+        rate = self.settings.send_rate
+        return None if rate is None else SendRate(self.redis, rate, prefix=self.settings.queue_name)
+
+    @cached_property
     def policy(self) -> Policy:
         """The course timing rules."""
         return Policy(
@@ -80,12 +93,9 @@ class Services:
     def catalog(self) -> EmailCatalog:
         """Every email of the course, compiled from MJML once per process.
 
-        Each is rendered once for a sample recipient, so a template that cannot be
-        personalised stops the process at start rather than failing at send time.
+        `checks.check_emails` renders each for a sample recipient when a process starts.
         """
-        catalog = EmailCatalog(self.course)
-        catalog.check(self.sender, self.sample_recipient())
-        return catalog
+        return EmailCatalog(self.course)
 
     @cached_property
     def sender(self) -> Sender:
