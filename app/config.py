@@ -7,9 +7,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from email.utils import parseaddr
+from email.utils import formataddr, getaddresses
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+import idna
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -35,18 +37,30 @@ def parse_interval(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def parse_reply_to(text: str) -> str | None:
-    """REPLY_TO: one address (optionally with a name) that replies go to; empty: none."""
+def parse_reply_to(text: str, *, setting: str = "REPLY_TO") -> str | None:
+    """One address (optionally with a name) that replies go to; empty: none.
+
+    An internationalised domain is written in IDNA (punycode); `setting` names the
+    value in the ConfigError raised for anything but exactly one usable address.
+    """
     value = text.strip()
     if not value:
         return None
-    _name, address = parseaddr(value)
+    refused = ConfigError(
+        f"{setting} must be one email address, like help@example.com, got {text!r}"
+    )
+    pairs = getaddresses([value])
+    if "\r" in value or "\n" in value or len(pairs) != 1:
+        raise refused
+    name, address = pairs[0]
     local, _, domain = address.rpartition("@")
-    if "\r" in value or "\n" in value or not local or "." not in domain:
-        raise ConfigError(
-            f"REPLY_TO must be one email address, like help@example.com, got {text!r}"
-        )
-    return value
+    if not local or not local.isascii() or "." not in domain:
+        raise refused
+    try:
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise refused from None
+    return formataddr((name, f"{local}@{domain}"))
 
 
 @dataclass(frozen=True)

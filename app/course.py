@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.config import ConfigError, parse_reply_to
+
 COURSE_FILE = "course.toml"
 #: What a List-Id's id part may hold (RFC 2919: a dot-atom, here kept to DNS-ish labels).
 _LIST_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
@@ -55,6 +57,8 @@ class Course:
     title: str
     list_id: str
     sender_name: str
+    #: Where replies go, from the course file; the REPLY_TO setting overrides it. None: nowhere.
+    reply_to: str | None
     consent_wording: str
     credit: str
     confirmation_template: str
@@ -123,6 +127,7 @@ def load_course(folder: Path) -> Course:
         title=_text(data, "title", where),
         list_id=list_id,
         sender_name=_text(data, "sender_name", where),
+        reply_to=_reply_to(data, where),
         consent_wording=_text(data, "consent_wording", where),
         credit=_text(data, "credit", where),
         confirmation_template=_text(confirmation, "template", f"{where}, [confirmation]"),
@@ -132,6 +137,18 @@ def load_course(folder: Path) -> Course:
     )
     _check(course, where)
     return course
+
+
+def _reply_to(data: dict[str, Any], where: str) -> str | None:
+    if "reply_to" not in data:
+        return None
+    value = data["reply_to"]
+    if not isinstance(value, str):
+        raise CourseError(f'{where}: `reply_to` must be a string, like "Sam <sam@example.com>"')
+    try:
+        return parse_reply_to(value, setting="`reply_to`")
+    except ConfigError as error:
+        raise CourseError(f"{where}: {error}") from None
 
 
 def _sources(raw_sources: object, where: str) -> list[Source]:

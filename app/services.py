@@ -106,7 +106,8 @@ class Services:
             postal_address=settings.postal_address,
             base_url=settings.base_url,
             confirm_max_age=settings.confirm_max_age,
-            reply_to=settings.reply_to,
+            # REPLY_TO, where set, overrides the course file's address.
+            reply_to=settings.reply_to or self.course.reply_to,
             list_title=self.course.title,
             list_id=self.course.list_id,
         )

@@ -601,6 +601,39 @@ def test_reply_to_is_read_from_the_environment_and_a_bad_one_refused() -> None:
     )
     services = Services(Settings.from_env({"REPLY_TO": "sam@example.com"}))
     assert services.sender.reply_to == "sam@example.com"
-    for bad in ("sam", "sam@localhost", "sam@example.com\r\nBcc: x@example.com"):
+    assert Settings.from_env({"REPLY_TO": "sam@bücher.example"}).reply_to == (
+        "sam@xn--bcher-kva.example"
+    )
+    for bad in (
+        "sam",
+        "sam@localhost",
+        "sam@example.com\r\nBcc: x@example.com",
+        "sam@example.com, eve@example.org",
+        "Sam Smith, Jr. <sam@example.com>",
+        "sämi@example.com",
+    ):
         with pytest.raises(ConfigError, match="REPLY_TO"):
             Settings.from_env({"REPLY_TO": bad})
+
+
+def test_the_course_file_may_name_the_reply_address_and_reply_to_overrides_it(
+    tmp_path: Path,
+) -> None:
+    folder = copy_course(tmp_path)
+    edit(
+        folder / "course.toml",
+        '# reply_to = "Sam <sam@example.com>"',
+        'reply_to = "Sam <sam@course.example>"',
+    )
+    assert Services(Settings(emails_dir=folder)).sender.reply_to == "Sam <sam@course.example>"
+    overridden = Services(Settings(emails_dir=folder, reply_to="help@deploy.example"))
+    assert overridden.sender.reply_to == "help@deploy.example"
+    edit(
+        folder / "course.toml",
+        'reply_to = "Sam <sam@course.example>"',
+        'reply_to = "a@b.example, c@d.example"',
+    )
+    with pytest.raises(
+        ConfigError, match=re.escape("course.toml: `reply_to` must be one email address")
+    ):
+        check_emails(Services(Settings(emails_dir=folder)))
