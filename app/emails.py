@@ -256,8 +256,13 @@ class RenderedEmail:
     text: str
 
 
-def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> RenderedEmail:
-    """Personalise a compiled email for one recipient."""
+def render(
+    email: CompiledEmail, sender: Sender, recipient: Recipient, *, in_browser: bool = False
+) -> RenderedEmail:
+    """Personalise a compiled email for one recipient.
+
+    `in_browser`: for the "read in your browser" page, which needs no link to itself.
+    """
     links = recipient.links
     context = {
         **email.context,
@@ -274,7 +279,7 @@ def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> Render
         "recap": [],
     }
     if email.step is not None:
-        context["read_url"] = links.step_url(email.step)
+        context["read_url"] = "" if in_browser else links.step_url(email.step)
         context["recap"] = [
             (links.step_url(number), action) for number, action in enumerate(email.actions, 1)
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from urllib.parse import urlsplit
 
 from flask.testing import FlaskClient
@@ -126,3 +127,16 @@ def test_after_unsubscribing_received_steps_stay_readable_and_after_deletion_non
     manage = path_of(step_one.link("manage"))
     assert client.post(f"{manage}/delete").status_code == 200
     assert client.get(read).status_code == 404
+
+
+def test_the_manage_page_links_to_each_received_step(
+    client: FlaskClient, services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    step_one, step_two = first_two_steps(services, smtp, clock)
+    page = html.unescape(client.get(path_of(step_one.link("manage"))).get_data(as_text=True))
+    reads = re.findall(r'href="(https?://[^"]+/read/[^"]+)"', page)
+    assert [read.rpartition("/")[2] for read in reads] == ["1", "2"]
+    for read, email in zip(reads, (step_one, step_two), strict=True):
+        response = client.get(path_of(read))
+        assert response.status_code == 200
+        assert f"<title>{email.subject}</title>" in html.unescape(response.get_data(as_text=True))

@@ -109,13 +109,22 @@ def unsubscribe(token: str) -> str:
 
 @bp.get("/manage/<token>")
 def manage(token: str) -> str:
+    svc = services()
+    total = svc.course.step_count
     with subscriber_from(Purpose.MANAGE, token) as (_session, subscriber):
+        received = drip.progress(subscriber, total)
+        links = svc.links(subscriber.key)
         return render_template(
             "manage.html",
             subscriber=subscriber,
             token=token,
-            received=drip.progress(subscriber, services().course.step_count),
-            total=services().course.step_count,
+            received=received,
+            total=total,
+            # Each step received, linked to its "read in your browser" page.
+            read_urls=[
+                (step.number, step.subject, links.step_url(step.number))
+                for step in svc.course.steps[:received]
+            ],
         )
 
 

@@ -42,7 +42,7 @@ def read_step(token: str, number: int) -> str:
             links=svc.links(subscriber.key),
             message_id="",
         )
-    rendered = render(svc.catalog.get(step.template), svc.sender, recipient)
+    rendered = render(svc.catalog.get(step.template), svc.sender, recipient, in_browser=True)
     # The page is the email itself (its own styles and phone layout), with a list of
     # the other steps received placed at the top of its body.
     head, body_tag, body = _BODY.split(rendered.html, maxsplit=1)
