@@ -21,7 +21,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from app import drip
+from app import create_app, drip
 from app import emails as emails_module
 from app.checks import check_emails
 from app.config import DEFAULT_EMAILS_DIR, ConfigError, Settings
@@ -591,6 +591,12 @@ def test_the_step_count_follows_from_the_course_file(tmp_path: Path) -> None:
     assert services.catalog.names == ["confirmation", "step-01", "step-02", "step-03"]
     third = rendered_as(services.catalog, "step-03")
     assert "Pause the course" not in third.text
+    # The sign-up page reads the same file: the title and the number of steps.
+    edit(folder / "course.toml", f'title = "{COURSE.title}"', 'title = "Three small steps"')
+    page = create_app(services=Services(Settings(emails_dir=folder))).test_client().get("/")
+    text = html.unescape(page.get_data(as_text=True))
+    assert "<h1>Three small steps</h1>" in text and "<title>Three small steps" in text
+    assert "3 short emails" in text and f"<h1>{COURSE.title}" not in text
 
 
 def test_reply_to_is_read_from_the_environment_and_a_bad_one_refused() -> None:

@@ -53,6 +53,11 @@ def init_app(app: Flask) -> None:
     if app.extensions["onward"].settings.dev_pages:
         app.register_blueprint(dev.bp)
 
+    @app.context_processor
+    def the_course() -> dict[str, object]:
+        # Every page names the course (its title, its number of steps) from the course file.
+        return {"course": services().course}
+
     @app.after_request
     def protective_headers(response: Response) -> Response:
         # Signed links sit in URLs: never leak them in a Referer, never cache the
