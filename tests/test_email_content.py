@@ -66,7 +66,7 @@ def sentences(text: str) -> set[str]:
 
 
 @pytest.mark.parametrize("name", STEPS)
-def test_each_step_is_150_to_400_words_with_one_action(
+def test_each_step_is_150_to_350_words_with_one_action(
     texts: dict[str, tuple[str, str, str]], name: str
 ) -> None:
     subject, body, _ = texts[name]
