@@ -25,10 +25,19 @@ def init_db_command() -> None:
 @click.command("stats")
 @with_appcontext
 def stats_command() -> None:
-    """Print figures: subscriptions by status, emails by outcome, work due and queued."""
+    """Print figures: subscriptions by status, emails by outcome, work due and queued.
+
+    With SEND_WINDOW and SEND_RATE set: the most steps due in one window's length over
+    the next day, and how many the rate sends in a window (more go after it closes).
+    """
     services: Services = current_app.extensions["onward"]
     with session_scope(services.sessions) as session:
         figures = drip.counts(session, now=services.clock())
+        volume = drip.window_volume(
+            session, policy=services.policy, rate=services.settings.send_rate, now=services.clock()
+        )
+    if volume is not None:
+        figures["window_busiest_due"], figures["window_capacity"] = volume
     try:
         figures["jobs_queued"] = services.queue.count
     except (RedisError, ConfigError) as error:

@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from app import timing
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
 DEFAULT_EMAILS_DIR = PROJECT_ROOT / "emails"
@@ -32,6 +34,33 @@ def parse_interval(text: str) -> timedelta:
     if seconds <= 0:
         raise ConfigError(f"interval {text!r} must be longer than zero")
     return timedelta(seconds=seconds)
+
+
+def schedule_settings(
+    env: Mapping[str, str],
+) -> tuple[timing.SendWindow | None, str, float | None]:
+    """SEND_WINDOW with SEND_DAYS, DEFAULT_TIME_ZONE and SEND_RATE; a bad one raises ConfigError."""
+    window_text, days_text = env.get("SEND_WINDOW", "").strip(), env.get("SEND_DAYS", "").strip()
+    try:
+        start, end = timing.parse_window(window_text) if window_text else (0, timing.DAY_SECONDS)
+    except ValueError as error:
+        raise ConfigError(f"SEND_WINDOW: {error}") from None
+    try:
+        days = timing.parse_days(days_text) if days_text else frozenset(range(7))
+    except ValueError as error:
+        raise ConfigError(f"SEND_DAYS: {error}") from None
+    window = timing.SendWindow(start, end, days) if window_text or days_text else None
+    zone_name = env.get("DEFAULT_TIME_ZONE", "").strip() or "UTC"
+    if not timing.is_time_zone(zone_name):
+        raise ConfigError(
+            f"DEFAULT_TIME_ZONE must be an IANA time zone like Europe/London, got {zone_name!r}"
+        )
+    rate_text = env.get("SEND_RATE", "").strip()
+    try:
+        rate = timing.parse_rate(rate_text) if rate_text else None
+    except ValueError as error:
+        raise ConfigError(f"SEND_RATE: {error}") from None
+    return window, zone_name, rate
 
 
 @dataclass(frozen=True)
@@ -95,6 +124,11 @@ class Settings:
     dkim_key_file: Path | None = None
     dkim_selector: str = "onward"
     dkim_domain: str | None = None
+    # When steps go, in each subscriber's local time (see timing.py).
+    send_window: timing.SendWindow | None = None
+    default_time_zone: str = "UTC"
+    #: Emails per second the relay takes (SEND_RATE), for the window volume check.
+    send_rate: float | None = None
 
     @property
     def production(self) -> bool:
@@ -146,6 +180,7 @@ class Settings:
                 raise ConfigError(f"{name} must be a whole number above zero, got {text!r}")
             return int(text)
 
+        send_window, default_time_zone, send_rate = schedule_settings(env)
         smtp_url = env.get("SMTP_URL") or None
         if smtp_url:
             SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
@@ -173,4 +208,7 @@ class Settings:
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,
+            send_window=send_window,
+            default_time_zone=default_time_zone,
+            send_rate=send_rate,
         )

@@ -175,6 +175,8 @@ class Recipient:
     first_name: str
     links: Links
     message_id: str
+    #: When the next step arrives, in words ("on Tuesday morning"); empty if none follows.
+    next_step_when: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> Render
         "confirm_days": sender.confirm_max_age.days,
         "postal_address": sender.postal_address,
         "base_url": sender.base_url,
+        "next_step_when": recipient.next_step_when,
     }
     return RenderedEmail(
         subject=email.subject.render(context).strip(),

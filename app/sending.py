@@ -7,12 +7,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import drip
+from app import drip, timing
 from app.db import session_scope
 from app.emails import EmailTemplateError, Recipient, build_message, render
 from app.mailer import PermanentFailure, RelayUnavailable, TemporaryFailure
@@ -118,6 +119,7 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 first_name=planned.first_name,
                 links=services.links(planned.subscriber_key),
                 message_id=planned.message_id,
+                next_step_when=next_step_when(planned, now),
             )
             try:
                 rendered = render(
@@ -154,6 +156,13 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
             _record_sent(services, planned.delivery_id, now)
             report.add("sent")
     return report
+
+
+def next_step_when(planned: drip.PlannedEmail, now: datetime) -> str:
+    """When the step after this email arrives, in the subscriber's words and zone."""
+    if planned.next_step_at is None:
+        return ""
+    return timing.describe(planned.next_step_at, now=now, zone=ZoneInfo(planned.time_zone))
 
 
 def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:

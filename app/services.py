@@ -62,6 +62,8 @@ class Services:
             step_interval=self.settings.step_interval,
             confirm_resend_after=self.settings.confirm_resend_after,
             claim_lease=self.settings.claim_lease,
+            send_window=self.settings.send_window,
+            default_time_zone=self.settings.default_time_zone,
         )
 
     @cached_property
