@@ -99,13 +99,19 @@ def parse_rate(text: str) -> float:
 
 
 @lru_cache(maxsize=1)
-def _zone_names() -> frozenset[str]:
-    return frozenset(available_timezones())
+def zone_names() -> tuple[str, ...]:
+    """Every IANA time zone this machine knows, sorted."""
+    return tuple(sorted(available_timezones()))
+
+
+@lru_cache(maxsize=1)
+def _zone_set() -> frozenset[str]:
+    return frozenset(zone_names())
 
 
 def is_time_zone(name: str) -> bool:
     """Whether `name` is an IANA time zone this machine knows (like Europe/London)."""
-    return len(name) <= 64 and name in _zone_names()
+    return len(name) <= 64 and name in _zone_set()
 
 
 def zone(name: str | None, default: str) -> ZoneInfo:

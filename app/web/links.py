@@ -20,6 +20,7 @@ from app.db import session_scope
 from app.models import TOTAL_STEPS, Subscriber, SubscriberStatus
 from app.tokens import Purpose
 from app.web import services
+from app.web.pacing import PACING_ACTIONS, SEND_AT_ONCE, pace, pacing_context
 from app.web.pages import client_ip, send_soon
 
 bp = Blueprint("links", __name__)
@@ -40,13 +41,18 @@ def subscriber_from(purpose: Purpose, token: str) -> Iterator[tuple[Session, Sub
 
 
 #: What a subscriber can do to their subscription from a link or the manage page.
-ACTIONS = ("pause", "resume", "unsubscribe", "delete")
+ACTIONS = ("pause", "resume", "unsubscribe", "delete", *PACING_ACTIONS)
 
 
 def take_action(action: str, session: Session, subscriber: Subscriber) -> bool:
-    """Do one of ACTIONS to the subscription; say whether it changed anything."""
+    """Do one of ACTIONS to the subscription; say whether it changed anything.
+
+    A pacing action with bad input raises InvalidPause or InvalidTimeZone.
+    """
     svc = services()
     now = svc.clock()
+    if action in PACING_ACTIONS:
+        return pace(action, session, subscriber, request.form)
     if action == "pause":
         return drip.pause(session, subscriber, now=now)
     if action == "resume":
@@ -109,22 +115,38 @@ def unsubscribe(token: str) -> str:
 
 @bp.get("/manage/<token>")
 def manage(token: str) -> str:
-    with subscriber_from(Purpose.MANAGE, token) as (_session, subscriber):
+    with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
         return render_template(
             "manage.html",
             subscriber=subscriber,
             token=token,
             received=drip.progress(subscriber),
             total=TOTAL_STEPS,
+            pacing=pacing_context(session, subscriber),
         )
 
 
 @bp.post("/manage/<token>/<action>")
-def manage_action(token: str, action: str) -> BaseResponse | str:
+def manage_action(token: str, action: str) -> BaseResponse | tuple[str, int] | str:
     with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
         if action not in ACTIONS:
             raise NotFound("There is no such action.")
-        take_action(action, session, subscriber)
+        try:
+            changed = take_action(action, session, subscriber)
+        except (drip.InvalidPause, drip.InvalidTimeZone) as error:
+            session.rollback()
+            page = render_template(
+                "manage.html",
+                subscriber=subscriber,
+                token=token,
+                received=drip.progress(subscriber),
+                total=TOTAL_STEPS,
+                pacing=pacing_context(session, subscriber, error=str(error)),
+            )
+            return page, 400
+        subscriber_id = subscriber.id
+    if changed and action in SEND_AT_ONCE:
+        send_soon(subscriber_id)
     if action == "delete":
         return render_template(
             "message.html",
