@@ -318,8 +318,11 @@ def pause_until_date(
 
 
 def resume(session: Session, subscriber: Subscriber, *, policy: Policy, now: datetime) -> bool:
-    """Resume a paused course: the next step comes in the first window at least one step
-    interval from now, never a burst."""
+    """Resume a paused course. Say whether it changed.
+
+    The next step comes in the first open window at least one step interval from
+    now: never a burst of the steps the pause held back.
+    """
     if not _move(subscriber, "resume"):
         return False
     subscriber.paused_at = None
@@ -343,11 +346,11 @@ def resume_due(session: Session, *, policy: Policy, now: datetime) -> int:
 
 
 def send_next_now(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
-    """Make the next step due now, at most once per SEND_NOW_EVERY. Say whether it did."""
-    if subscriber.status != S.ACTIVE or subscriber.next_step > TOTAL_STEPS:
-        return False
-    last = last_step_sent_at(session, subscriber)
-    if last is not None and now - last < SEND_NOW_EVERY:
+    """Make the next step due now, at most once per SEND_NOW_EVERY. Say whether it did.
+
+    The subscriber asked: this step is not held for the window, nor for STEP_INTERVAL.
+    """
+    if not can_send_now(session, subscriber, now=now):
         return False
     subscriber.due_after = now
     subscriber.next_send_at = now
@@ -356,7 +359,7 @@ def send_next_now(session: Session, subscriber: Subscriber, *, now: datetime) ->
 
 
 def can_send_now(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
-    """Whether "send my next step now" would send one."""
+    """Whether "send my next step now" would send one: no step went in SEND_NOW_EVERY."""
     if subscriber.status != S.ACTIVE or subscriber.next_step > TOTAL_STEPS:
         return False
     last = last_step_sent_at(session, subscriber)
@@ -377,8 +380,9 @@ def last_step_sent_at(session: Session, subscriber: Subscriber) -> datetime | No
 def start_again(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
     """Take a finished course again from step 1, sent at once. Say whether it changed.
 
-    The earlier run's step rows leave the ledger (which holds one row per step);
-    its emails keep their Message-IDs, and the new run's get new ones.
+    The earlier run's step rows leave the ledger (which holds one row per step), and
+    the new run's emails get new Message-IDs: mailbox providers drop a message whose
+    Message-ID they have seen, taking it for a duplicate.
     """
     if not _move(subscriber, "restart"):
         return False
@@ -422,11 +426,6 @@ def next_step_at(subscriber: Subscriber, policy: Policy, *, now: datetime) -> da
         window=policy.send_window,
         key=subscriber.key,
     )
-
-
-def when_in_words(moment: datetime, subscriber: Subscriber, policy: Policy, now: datetime) -> str:
-    """`moment` for the subscriber, in words: "on Tuesday morning"."""
-    return timing.describe(moment, now=now, zone=zone_of(subscriber, policy))
 
 
 def unsubscribe(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:

@@ -176,6 +176,9 @@ def test_pause_until_a_date_in_the_subscribers_zone_and_bad_dates_are_refused(
     assert subscriber.status == S.PAUSED
     # Midnight in New York, which is on summer time (UTC-4) by then.
     assert subscriber.resume_at == datetime(2026, 3, 20, 4, 0, tzinfo=UTC)
+    data = client.get(f"{manage}/data.json").get_json()
+    assert data["paused_until"] == "2026-03-20T04:00:00+00:00"
+    assert data["time_zone"] is None
 
 
 def test_send_my_next_step_now_at_most_once_a_day(

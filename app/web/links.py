@@ -183,6 +183,8 @@ def subscriber_data(subscriber: Subscriber) -> dict[str, object]:
         "steps_received": drip.progress(subscriber),
         "signed_up_at": when(subscriber.created_at),
         "next_email_at": when(subscriber.next_send_at),
+        "time_zone": subscriber.time_zone,
+        "paused_until": when(subscriber.resume_at),
         "consent": {
             "source": consent.source,
             "wording": consent.wording,
