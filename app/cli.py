@@ -7,7 +7,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 
-from app import drip
+from app import drip, store
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
 from app.services import Services
@@ -27,12 +27,17 @@ def init_db_command() -> None:
 def stats_command() -> None:
     """Print figures: subscriptions by status, emails by outcome, work due and queued.
 
-    With SEND_WINDOW and SEND_RATE set: the most steps due in one window's length over
-    the next day, and how many the rate sends in a window (more go after it closes).
+    Then the relay's state, the send rate in force and the emails given up on. With
+    SEND_WINDOW and SEND_RATE set: the most steps due in one window's length over the
+    next day, and how many the rate sends in a window (more go after it closes).
     """
     services: Services = current_app.extensions["onward"]
     with session_scope(services.sessions) as session:
-        figures = drip.counts(session, now=services.clock())
+        figures: dict[str, object] = dict(store.counts(session, now=services.clock()))
+        failed = [
+            (d.id, d.subscriber_id, d.template, d.error or "")
+            for d in store.failed_deliveries(session)
+        ]
         volume = drip.window_volume(
             session, policy=services.policy, rate=services.settings.send_rate, now=services.clock()
         )
@@ -40,10 +45,15 @@ def stats_command() -> None:
         figures["window_busiest_due"], figures["window_capacity"] = volume
     try:
         figures["jobs_queued"] = services.queue.count
+        figures["relay"] = services.breaker.state().describe()
+        rate = services.send_rate
+        figures["send_rate"] = "unlimited" if rate is None else f"{rate.rate} x {rate.factor():.3g}"
     except (RedisError, ConfigError) as error:
-        click.echo(f"(queue unavailable: {error})", err=True)
+        click.echo(f"(Redis unavailable: {error})", err=True)
     for name in sorted(figures):
         click.echo(f"{name:28s} {figures[name]}")
+    for delivery_id, subscriber_id, template, reason in failed:
+        click.echo(f"failed email {delivery_id}: subscriber {subscriber_id} {template}: {reason}")
 
 
 @click.command("dkim-dns")

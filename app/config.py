@@ -36,10 +36,8 @@ def parse_interval(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def schedule_settings(
-    env: Mapping[str, str],
-) -> tuple[timing.SendWindow | None, str, float | None]:
-    """SEND_WINDOW with SEND_DAYS, DEFAULT_TIME_ZONE and SEND_RATE; a bad one raises ConfigError."""
+def schedule_settings(env: Mapping[str, str]) -> tuple[timing.SendWindow | None, str]:
+    """SEND_WINDOW with SEND_DAYS, and DEFAULT_TIME_ZONE; a bad one raises ConfigError."""
     window_text, days_text = env.get("SEND_WINDOW", "").strip(), env.get("SEND_DAYS", "").strip()
     try:
         start, end = timing.parse_window(window_text) if window_text else (0, timing.DAY_SECONDS)
@@ -55,12 +53,7 @@ def schedule_settings(
         raise ConfigError(
             f"DEFAULT_TIME_ZONE must be an IANA time zone like Europe/London, got {zone_name!r}"
         )
-    rate_text = env.get("SEND_RATE", "").strip()
-    try:
-        rate = timing.parse_rate(rate_text) if rate_text else None
-    except ValueError as error:
-        raise ConfigError(f"SEND_RATE: {error}") from None
-    return window, zone_name, rate
+    return window, zone_name
 
 
 @dataclass(frozen=True)
@@ -127,8 +120,12 @@ class Settings:
     # When steps go, in each subscriber's local time (see timing.py).
     send_window: timing.SendWindow | None = None
     default_time_zone: str = "UTC"
-    #: Emails per second the relay takes (SEND_RATE), for the window volume check.
-    send_rate: float | None = None
+
+    # --- Delivery safety: the global send rate and SMTPUTF8 (README, Configuration) ---
+    #: SEND_RATE: emails per period for all workers together; None: unlimited.
+    send_rate: Rate | None = None
+    #: SMTP_UTF8: the relay carries addresses with non-ASCII local parts (SMTPUTF8).
+    smtp_utf8: bool = False
 
     @property
     def production(self) -> bool:
@@ -180,10 +177,11 @@ class Settings:
                 raise ConfigError(f"{name} must be a whole number above zero, got {text!r}")
             return int(text)
 
-        send_window, default_time_zone, send_rate = schedule_settings(env)
+        send_window, default_time_zone = schedule_settings(env)
         smtp_url = env.get("SMTP_URL") or None
         if smtp_url:
             SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
+        send_rate, smtp_utf8 = delivery_settings(env)
         return cls(
             base_url=env.get("BASE_URL", f"http://127.0.0.1:{port}").rstrip("/"),
             secret_key=env.get("SECRET_KEY", defaults.secret_key),
@@ -211,4 +209,47 @@ class Settings:
             send_window=send_window,
             default_time_zone=default_time_zone,
             send_rate=send_rate,
+            smtp_utf8=smtp_utf8,
         )
+
+
+# --- Delivery safety settings: SEND_RATE and SMTP_UTF8 ---
+
+_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smhd])\s*$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A number of emails per period, like 14/s or 50000/h."""
+
+    count: float
+    period: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two emails at this rate."""
+        return self.period / self.count
+
+    def __str__(self) -> str:
+        unit = {seconds: name for name, seconds in _RATE_PERIODS.items()}[self.period]
+        return f"{self.count:g}/{unit}"
+
+
+def parse_rate(text: str) -> Rate:
+    """Read `14/s`, `600/m`, `50000/h` or `100000/d`; ConfigError if it is not one."""
+    match = _RATE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(
+            f"SEND_RATE must be a number of emails per s, m, h or d, like 14/s, got {text!r}"
+        )
+    return Rate(float(match.group(1)), _RATE_PERIODS[match.group(2)])
+
+
+def delivery_settings(env: Mapping[str, str]) -> tuple[Rate | None, bool]:
+    """SEND_RATE (unset: unlimited) and SMTP_UTF8 (default false) from the environment."""
+    send_rate = env.get("SEND_RATE", "").strip()
+    smtp_utf8 = env.get("SMTP_UTF8", "false").strip().lower()
+    if smtp_utf8 not in {"1", "true", "yes", "0", "false", "no"}:
+        raise ConfigError(f"SMTP_UTF8 must be true or false, got {smtp_utf8!r}")
+    return (parse_rate(send_rate) if send_rate else None), smtp_utf8 in {"1", "true", "yes"}

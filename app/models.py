@@ -93,7 +93,8 @@ class Subscriber(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The subscriber's IANA time zone; NULL: the DEFAULT_TIME_ZONE setting.
     time_zone: Mapped[str | None] = mapped_column(String(64))
-    #: The earliest the next step may go, before the send window moves it later.
+    #: The earliest the next step may go, before the send window moves it later; NULL
+    #: for a step sent at once, never held for a window (step 1, "send my next step now").
     due_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: A paused course resumes by itself then ("pause for a week", "pause until").
     resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)

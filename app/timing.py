@@ -22,8 +22,6 @@ DAY_SECONDS = 86400
 #: Enough calendar days to meet any allowed weekday, even past a date a zone skipped.
 _DAYS_AHEAD = 16
 _CLOCK = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h|d)\s*$")
-_PER = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -86,16 +84,6 @@ def parse_days(text: str) -> frozenset[int]:
         first, last = WEEKDAYS.index(ends[0]), WEEKDAYS.index(ends[-1])
         days.update((first + step) % 7 for step in range((last - first) % 7 + 1))
     return frozenset(days)
-
-
-def parse_rate(text: str) -> float:
-    """Read `14/s` or `50000/h` into emails per second; ValueError says why not."""
-    match = _RATE.match(text)
-    if not match or float(match[1]) <= 0:
-        raise ValueError(
-            f"cannot read {text!r}: use a number above zero per s, m, h or d, like 14/s"
-        )
-    return float(match[1]) / _PER[match[2]]
 
 
 @lru_cache(maxsize=1)
@@ -196,6 +184,47 @@ def describe(when: datetime, *, now: datetime, zone: ZoneInfo) -> str:
     if days < 7:
         return f"early on {weekday}" if night else f"on {weekday} {part}"
     return f"in about {days} days"
+
+
+def every(interval: timedelta) -> str:
+    """How often steps come, in words: `every 2 days`, `every day`, `every 36 hours`."""
+    seconds = int(interval.total_seconds())
+    for unit, size in (("week", 7 * DAY_SECONDS), ("day", DAY_SECONDS), ("hour", 3600)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"every {unit}" if count == 1 else f"every {count} {unit}s"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"every {seconds // 60} minutes" if seconds > 60 else "every minute"
+    return f"every {seconds} seconds"
+
+
+def cadence(interval: timedelta, window: SendWindow | None) -> str:
+    """How often steps come and when, in words for the subscriber.
+
+    `every 2 days`, or with a window `every 2 days, between 09:00 and 11:00 your time,
+    Monday to Friday`.
+    """
+    words = every(interval)
+    if window is None:
+        return words
+    if window.end - window.start < DAY_SECONDS:
+        words += f", between {_clock(window.start)} and {_clock(window.end)} your time"
+    if len(window.days) < 7:
+        words += f", {_day_list(window.days)}"
+    return words
+
+
+def _clock(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
+
+
+def _day_list(days: frozenset[int]) -> str:
+    """`Monday to Friday`, `on Saturday and Sunday`, `on Monday, Wednesday and Friday`."""
+    ordered = sorted(days)
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{DAY_NAMES[ordered[0]]} to {DAY_NAMES[ordered[-1]]}"
+    names = [DAY_NAMES[day] for day in ordered]
+    return "on " + (names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}")
 
 
 def busiest(times: Iterable[datetime], span: timedelta) -> int:

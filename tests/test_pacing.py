@@ -4,9 +4,8 @@ manage page's pacing actions, the time zone from the form and the API, volume fi
 from __future__ import annotations
 
 import logging
-import shutil
+import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import timing
-from app.config import ConfigError, Settings
+from app.config import ConfigError, Rate, Settings
 from app.models import Subscriber, SubscriberStatus
 from app.services import Services
 from tests.support import FakeClock, SmtpSink, active_subscriber, run_worker
@@ -24,6 +23,7 @@ from tests.test_web import (
     deliver,
     form_sign_up,
     path_of,
+    signed_up,
     subscribers,
     text_of,
 )
@@ -35,21 +35,8 @@ WINDOW = timing.SendWindow(9 * 3600, 11 * 3600)
 
 
 @pytest.fixture
-def emails_dir(tmp_path: Path) -> Path:
-    """The course emails, with the hard-coded "couple of days" replaced by the real schedule."""
-    folder = tmp_path / "emails"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "emails", folder)
-    for path in folder.glob("step-*.mjml"):
-        text = path.read_text(encoding="utf-8")
-        path.write_text(text.replace("in a couple of days", "{{ next_step_when }}"), "utf-8")
-    return folder
-
-
-@pytest.fixture
-def settings(settings: Settings, emails_dir: Path) -> Settings:
-    return settings.with_changes(
-        send_window=WINDOW, default_time_zone="America/New_York", emails_dir=emails_dir
-    )
+def settings(settings: Settings) -> Settings:
+    return settings.with_changes(send_window=WINDOW, default_time_zone="America/New_York")
 
 
 def subscriber_of(services: Services, email: str = ADA) -> Subscriber:
@@ -84,7 +71,17 @@ def test_every_step_arrives_in_the_same_local_morning_across_daylight_saving(
         assert len(smtp.to(ADA)) == step, "sent before it was due"  # with the confirmation
         clock.now = previous = due + timedelta(seconds=7)  # the tick comes a little later
         deliver(services)
-        assert smtp.to(ADA)[-1].subject.startswith(f"Step {step} of 10:")
+        sent = smtp.to(ADA)[-1]
+        assert sent.subject.startswith(f"Step {step} of 10:")
+        # Two days on, in the same local morning, whatever the clocks did meanwhile.
+        announces = re.search(r"The (next|last) step arrives on (\w+day) morning\.", sent.text)
+        if step < 10:
+            assert announces is not None, sent.text
+            after = (due + timedelta(days=2)).astimezone(NEW_YORK)
+            assert announces[2] == timing.DAY_NAMES[after.weekday()]
+            assert (announces[1] == "last") == (step == 9)
+        else:
+            assert announces is None and "arrives" not in sent.text
     offsets = {m.message["Date"].datetime.utcoffset() for m in smtp.to(ADA)}
     assert offsets == {timedelta(0)}
     assert subscriber_of(services).status == S.COMPLETED
@@ -103,6 +100,41 @@ def test_every_step_arrives_in_the_same_local_morning_across_daylight_saving(
     assert client.post(f"{manage}/start-again").status_code == 303
     run_worker(services)
     assert len(smtp.to(ADA)) == 12  # the confirmation, ten steps and step 1 again
+
+
+def test_pages_and_emails_say_when_steps_come_from_the_schedule(
+    client: FlaskClient, services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    assert "one short, practical step every 2 days, ten in all" in text_of(client.get("/"))
+    confirmation = signed_up(client, services, smtp, ADA)
+    assert "the others follow every 2 days, between 09:00 and 11:00 your time." in confirmation.text
+    # Monday 04:00 in New York: step 1 now, step 2 on Wednesday in the window.
+    page = client.post(path_of(confirmation.link("confirm")))
+    assert "step 2 arrives on Wednesday morning." in text_of(page)
+    run_worker(services)
+    pause = path_of(smtp.to(ADA)[-1].link("pause"))
+    client.post(pause, data={"action": "pause"})
+    clock.advance(timedelta(days=3))  # Thursday 04:00: the next step two days on, Saturday
+    resumed = text_of(client.post(pause, data={"action": "resume"}))
+    assert "Your next step arrives on Saturday morning, after the usual interval" in resumed
+    manage = text_of(client.get(path_of(smtp.to(ADA)[-1].link("manage"))))
+    assert re.search(
+        r"Your next step arrives on Saturday morning \(Saturday 7 March 2026, 1?[09]:\d\d, "
+        r"America/New_York time\)",
+        manage,
+    )
+
+    services.settings = services.settings.with_changes(
+        step_interval=timedelta(hours=36),
+        send_window=timing.SendWindow(0, 86400, frozenset({0, 2, 4})),
+    )
+    services.__dict__.pop("sender", None)
+    assert "one short, practical step every 36 hours, ten in all" in text_of(client.get("/"))
+    signed_up(client, services, smtp, "grace@example.com")
+    assert (
+        "follow every 36 hours, on Monday, Wednesday and Friday."
+        in smtp.to("grace@example.com")[-1].text
+    )
 
 
 def test_the_form_and_the_api_take_the_time_zone(
@@ -226,7 +258,7 @@ def test_changing_time_zone_moves_the_next_step_to_the_new_zones_window(
 def test_window_volume_against_the_send_rate_is_warned_and_shown(
     services: Services, clock: FakeClock, caplog: pytest.LogCaptureFixture, app: Flask
 ) -> None:
-    services.settings = services.settings.with_changes(send_rate=1 / 3600)  # 2 in a 2 h window
+    services.settings = services.settings.with_changes(send_rate=Rate(1, 3600))  # 2 in a 2 h window
     for number in range(3):
         active_subscriber(services, f"s{number}@example.com", clock.now + timedelta(minutes=number))
     with caplog.at_level(logging.WARNING, logger="worker.schedule"):
@@ -237,7 +269,7 @@ def test_window_volume_against_the_send_rate_is_warned_and_shown(
     assert "window_capacity              2" in output
 
     caplog.clear()
-    services.settings = services.settings.with_changes(send_rate=10.0)
+    services.settings = services.settings.with_changes(send_rate=Rate(10, 1))
     with caplog.at_level(logging.WARNING, logger="worker.schedule"):
         assert check_window_volume(services) == (3, 72000)
     assert caplog.text == ""
@@ -250,7 +282,7 @@ def test_window_volume_against_the_send_rate_is_warned_and_shown(
         ("SEND_WINDOW", "11:00-09:00", "SEND_WINDOW: '11:00-09:00' must end after it starts"),
         ("SEND_DAYS", "weekdays", "SEND_DAYS: cannot read 'weekdays'"),
         ("DEFAULT_TIME_ZONE", "EST5", "DEFAULT_TIME_ZONE must be an IANA time zone"),
-        ("SEND_RATE", "fast", "SEND_RATE: cannot read 'fast'"),
+        ("SEND_RATE", "fast", "SEND_RATE must be a number of emails per s, m, h or d"),
     ],
 )
 def test_bad_schedule_settings_get_one_line_naming_them(
@@ -272,7 +304,7 @@ def test_schedule_settings_are_read() -> None:
     )
     assert settings.send_window == timing.SendWindow(9 * 3600, 11 * 3600, frozenset(range(5)))
     assert settings.default_time_zone == "Europe/London"
-    assert settings.send_rate == pytest.approx(50000 / 3600)
+    assert settings.send_rate == Rate(50000, 3600)
     days_only = Settings.from_env({"SEND_DAYS": "sat,sun"})
     assert days_only.send_window == timing.SendWindow(0, 86400, frozenset({5, 6}))
     unset = Settings.from_env({})
