@@ -165,6 +165,8 @@ class Sender:
     postal_address: str
     base_url: str
     confirm_max_age: timedelta
+    #: How often steps come and when, in words ("every 2 days"): from STEP_INTERVAL and the window.
+    cadence: str = "every 2 days"
 
     @property
     def domain(self) -> str:
@@ -180,8 +182,9 @@ class Recipient:
     first_name: str
     links: Links
     message_id: str
-    #: When the next step arrives, in words ("on Tuesday morning"); empty if none follows.
-    next_step_when: str = ""
+    #: When the next step arrives, in words ("on Tuesday morning"); "soon" where no
+    #: schedule applies (previews, checks).
+    next_step_when: str = "soon"
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> Render
         "postal_address": sender.postal_address,
         "base_url": sender.base_url,
         "next_step_when": recipient.next_step_when,
+        "cadence": sender.cadence,
     }
     return RenderedEmail(
         subject=email.subject.render(context).strip(),

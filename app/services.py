@@ -12,6 +12,7 @@ from rq import Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import timing
 from app.breaker import Breaker
 from app.config import ConfigError, Settings
 from app.db import make_engine, make_sessionmaker, utcnow
@@ -98,6 +99,7 @@ class Services:
             postal_address=settings.postal_address,
             base_url=settings.base_url,
             confirm_max_age=settings.confirm_max_age,
+            cadence=timing.cadence(settings.step_interval, settings.send_window),
         )
 
     @cached_property

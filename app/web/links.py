@@ -20,7 +20,7 @@ from app.db import session_scope
 from app.models import TOTAL_STEPS, Subscriber, SubscriberStatus
 from app.tokens import Purpose
 from app.web import services
-from app.web.pacing import PACING_ACTIONS, SEND_AT_ONCE, pace, pacing_context
+from app.web.pacing import PACING_ACTIONS, SEND_AT_ONCE, in_words, pace, pacing_context
 from app.web.pages import client_ip, send_soon
 
 bp = Blueprint("links", __name__)
@@ -70,17 +70,16 @@ def confirm(token: str) -> str:
             # Only the button (a POST) confirms: mail scanners GET and HEAD links too.
             return render_template("confirm.html", subscriber=subscriber, token=token)
         svc = services()
+        now = svc.clock()
         drip.confirm(
-            session,
-            subscriber,
-            ip=client_ip(),
-            user_agent=request.user_agent.string,
-            now=svc.clock(),
+            session, subscriber, ip=client_ip(), user_agent=request.user_agent.string, now=now
         )
         subscriber_id = subscriber.id
         manage_url = svc.links(subscriber.key).manage_url
+        # Step 1 goes now; step 2 one interval later, in the subscriber's window.
+        step_two = in_words(drip.next_step_at(subscriber, svc.policy, now=now), subscriber)
     send_soon(subscriber_id)
-    return render_template("confirmed.html", manage_url=manage_url)
+    return render_template("confirmed.html", manage_url=manage_url, step_two=step_two)
 
 
 @bp.route("/pause/<token>", methods=["GET", "POST"])
@@ -94,6 +93,7 @@ def pause(token: str) -> str:
             subscriber=subscriber,
             token=token,
             resumed=changed and action == "resume",
+            next_when=in_words(subscriber.next_send_at, subscriber),
             manage_url=svc.links(subscriber.key).manage_url,
         )
 

@@ -47,6 +47,15 @@ def pace(action: str, session: Session, subscriber: Subscriber, form: Mapping[st
     )
 
 
+def in_words(moment: datetime | None, subscriber: Subscriber) -> str | None:
+    """`moment` in words in the subscriber's zone ("on Tuesday morning"); None for None."""
+    if moment is None:
+        return None
+    svc = services()
+    zone = drip.zone_of(subscriber, svc.policy)
+    return timing.describe(moment, now=svc.clock(), zone=zone)
+
+
 def _day(moment: datetime, zone: ZoneInfo) -> str:
     local = moment.astimezone(zone)
     return f"{timing.DAY_NAMES[local.weekday()]} {local.day} {local:%B %Y}"

@@ -90,7 +90,15 @@ def sign_up(
 
 @bp.get("/")
 def index() -> str:
-    return render_template("index.html", wording=CONSENT_WORDING, error=None, form={})
+    return sign_up_page(error=None, form={})
+
+
+def sign_up_page(*, error: str | None, form: dict[str, str]) -> str:
+    """The sign-up page, with how often the steps come (from STEP_INTERVAL)."""
+    every = timing.every(services().settings.step_interval)
+    return render_template(
+        "index.html", wording=CONSENT_WORDING, error=error, form=form, every=every
+    )
 
 
 @bp.post("/subscribe")
@@ -110,5 +118,5 @@ def subscribe_form() -> tuple[str, int] | str:
     )
     if error:
         form = {"email": email, "first_name": request.form.get("first_name", "")}
-        return render_template("index.html", wording=CONSENT_WORDING, error=error, form=form), 400
+        return sign_up_page(error=error, form=form), 400
     return render_template("check_inbox.html")
