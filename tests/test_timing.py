@@ -44,7 +44,7 @@ def next_open(
 # --- settings ---------------------------------------------------------------
 
 
-def test_windows_days_and_rates_are_read_or_refused_with_a_reason() -> None:
+def test_windows_and_days_are_read_or_refused_with_a_reason() -> None:
     assert timing.parse_window("09:00-11:00") == (9 * 3600, 11 * 3600)
     assert timing.parse_window(" 9:30 - 24:00 ") == (9 * 3600 + 1800, 86400)
     for bad, reason in [
