@@ -7,7 +7,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 
-from app import store
+from app import drip, store
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
 from app.services import Services
@@ -27,7 +27,9 @@ def init_db_command() -> None:
 def stats_command() -> None:
     """Print figures: subscriptions by status, emails by outcome, work due and queued.
 
-    Then the relay's state, the send rate in force and the emails given up on.
+    Then the relay's state, the send rate in force and the emails given up on. With
+    SEND_WINDOW and SEND_RATE set: the most steps due in one window's length over the
+    next day, and how many the rate sends in a window (more go after it closes).
     """
     services: Services = current_app.extensions["onward"]
     with session_scope(services.sessions) as session:
@@ -36,6 +38,11 @@ def stats_command() -> None:
             (d.id, d.subscriber_id, d.template, d.error or "")
             for d in store.failed_deliveries(session)
         ]
+        volume = drip.window_volume(
+            session, policy=services.policy, rate=services.settings.send_rate, now=services.clock()
+        )
+    if volume is not None:
+        figures["window_busiest_due"], figures["window_capacity"] = volume
     try:
         figures["jobs_queued"] = services.queue.count
         figures["relay"] = services.breaker.state().describe()

@@ -13,6 +13,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import idna
 
+from app import timing
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
 DEFAULT_EMAILS_DIR = PROJECT_ROOT / "emails"
@@ -61,6 +63,26 @@ def parse_reply_to(text: str, *, setting: str = "REPLY_TO") -> str | None:
     except idna.IDNAError:
         raise refused from None
     return formataddr((name, f"{local}@{domain}"))
+
+
+def schedule_settings(env: Mapping[str, str]) -> tuple[timing.SendWindow | None, str]:
+    """SEND_WINDOW with SEND_DAYS, and DEFAULT_TIME_ZONE; a bad one raises ConfigError."""
+    window_text, days_text = env.get("SEND_WINDOW", "").strip(), env.get("SEND_DAYS", "").strip()
+    try:
+        start, end = timing.parse_window(window_text) if window_text else (0, timing.DAY_SECONDS)
+    except ValueError as error:
+        raise ConfigError(f"SEND_WINDOW: {error}") from None
+    try:
+        days = timing.parse_days(days_text) if days_text else frozenset(range(7))
+    except ValueError as error:
+        raise ConfigError(f"SEND_DAYS: {error}") from None
+    window = timing.SendWindow(start, end, days) if window_text or days_text else None
+    zone_name = env.get("DEFAULT_TIME_ZONE", "").strip() or "UTC"
+    if not timing.is_time_zone(zone_name):
+        raise ConfigError(
+            f"DEFAULT_TIME_ZONE must be an IANA time zone like Europe/London, got {zone_name!r}"
+        )
+    return window, zone_name
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,9 @@ class Settings:
     dkim_domain: str | None = None
     #: Where replies to the course emails go; None: no Reply-To, no invitation to reply.
     reply_to: str | None = None
+    # When steps go, in each subscriber's local time (see timing.py).
+    send_window: timing.SendWindow | None = None
+    default_time_zone: str = "UTC"
 
     # --- Delivery safety: the global send rate and SMTPUTF8 (README, Configuration) ---
     #: SEND_RATE: emails per period for all workers together; None: unlimited.
@@ -183,6 +208,7 @@ class Settings:
                 raise ConfigError(f"{name} must be a whole number above zero, got {text!r}")
             return int(text)
 
+        send_window, default_time_zone = schedule_settings(env)
         smtp_url = env.get("SMTP_URL") or None
         if smtp_url:
             SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
@@ -212,6 +238,8 @@ class Settings:
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,
             reply_to=parse_reply_to(env.get("REPLY_TO", "")),
+            send_window=send_window,
+            default_time_zone=default_time_zone,
             send_rate=send_rate,
             smtp_utf8=smtp_utf8,
         )

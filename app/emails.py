@@ -230,6 +230,8 @@ class Sender:
     #: The List-Id header's title and id (RFC 2919), from the course file; "": no List-Id.
     list_title: str = ""
     list_id: str = ""
+    #: How often steps come and when, in words ("every 2 days"): from STEP_INTERVAL and the window.
+    cadence: str = "every 2 days"
 
     @property
     def domain(self) -> str:
@@ -245,6 +247,9 @@ class Recipient:
     first_name: str
     links: Links
     message_id: str
+    #: When the next step arrives, in words ("on Tuesday morning"); "soon" where no
+    #: schedule applies (previews, checks).
+    next_step_when: str = "soon"
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,8 @@ def render(
         "reply_to": bool(sender.reply_to),
         "read_url": "",
         "recap": [],
+        "next_step_when": recipient.next_step_when,
+        "cadence": sender.cadence,
     }
     if email.step is not None:
         context["read_url"] = "" if in_browser else links.step_url(email.step)

@@ -89,6 +89,15 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The subscriber's IANA time zone; NULL: the DEFAULT_TIME_ZONE setting.
+    time_zone: Mapped[str | None] = mapped_column(String(64))
+    #: The earliest the next step may go, before the send window moves it later; NULL
+    #: for a step sent at once, never held for a window (step 1, "send my next step now").
+    due_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A paused course resumes by itself then ("pause for a week", "pause until").
+    resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: Which run through the course this is (1, then 2 after "start again").
+    course_round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     consent: Mapped[Consent] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", uselist=False

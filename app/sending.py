@@ -13,13 +13,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
 from redis.exceptions import RedisError
 from rq.job import JobStatus
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import drip, store
+from app import drip, store, timing
 from app.breaker import Gate
 from app.db import session_scope
 from app.emails import EmailTemplateError, Recipient, build_message, envelope_address, render
@@ -188,6 +189,7 @@ def _send_one(
         first_name=planned.first_name,
         links=services.links(planned.subscriber_key),
         message_id=planned.message_id,
+        next_step_when=next_step_when(planned, now),
     )
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
@@ -268,6 +270,13 @@ def _hand_back(services: Services, ids: list[int], retry_at: datetime | None) ->
     """Give the batch's unsent claims back; with `retry_at` they wait until then."""
     with session_scope(services.sessions) as session:
         store.release_claims(session, ids, retry_at=retry_at)
+
+
+def next_step_when(planned: drip.PlannedEmail, now: datetime) -> str:
+    """When the step after this email arrives, in the subscriber's words and zone."""
+    if planned.next_step_at is None:
+        return "soon"
+    return timing.describe(planned.next_step_at, now=now, zone=ZoneInfo(planned.time_zone))
 
 
 def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:

@@ -12,6 +12,7 @@ from rq import Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import timing
 from app.breaker import Breaker
 from app.config import ConfigError, Settings
 from app.course import Course, load_course
@@ -77,6 +78,8 @@ class Services:
             total_steps=self.course.step_count,
             confirm_resend_after=self.settings.confirm_resend_after,
             claim_lease=self.settings.claim_lease,
+            send_window=self.settings.send_window,
+            default_time_zone=self.settings.default_time_zone,
         )
 
     @cached_property
@@ -110,6 +113,7 @@ class Services:
             reply_to=settings.reply_to or self.course.reply_to,
             list_title=self.course.title,
             list_id=self.course.list_id,
+            cadence=timing.cadence(settings.step_interval, settings.send_window),
         )
 
     @cached_property
