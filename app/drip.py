@@ -17,6 +17,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import suppression
+from app.mailbox import MailboxKeys
 from app.models import (
     ENDED_STATUSES,
     TOTAL_STEPS,
@@ -24,8 +26,11 @@ from app.models import (
     Delivery,
     DeliveryStatus,
     EmailKind,
+    MailEvent,
+    MailEventKind,
     Subscriber,
     SubscriberStatus,
+    SuppressionReason,
     template_name,
 )
 
@@ -45,6 +50,8 @@ TRANSITIONS: dict[str, dict[SubscriberStatus, SubscriberStatus]] = {
     },
     "bounce": {S.PENDING: S.BOUNCED, S.ACTIVE: S.BOUNCED, S.PAUSED: S.BOUNCED},
 }
+#: A complaint ("this is spam") ends a subscription the way unsubscribing does.
+TRANSITIONS["complain"] = TRANSITIONS["unsubscribe"]
 
 #: An address never confirmed is forgotten this long after it last asked.
 FORGET_UNCONFIRMED_AFTER = timedelta(days=30)
@@ -63,6 +70,11 @@ class Policy:
     step_interval: timedelta
     confirm_resend_after: timedelta = timedelta(minutes=10)
     claim_lease: timedelta = timedelta(minutes=10)
+    #: Confirmation emails one mailbox may receive per UTC day, however it is spelled.
+    confirmations_per_day: int = 3
+    #: This many soft bounces of one mailbox within the window suppress it.
+    soft_bounce_limit: int = 3
+    soft_bounce_window: timedelta = timedelta(days=7)
 
 
 class InvalidEmail(ValueError):
@@ -249,17 +261,74 @@ def resume(session: Session, subscriber: Subscriber, *, policy: Policy, now: dat
     return True
 
 
-def unsubscribe(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
-    """End the subscription at once; nothing more is sent. Say whether it changed."""
+def unsubscribe(
+    session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime
+) -> bool:
+    """End the subscription at once and suppress the mailbox. Say whether it changed."""
     if not _move(subscriber, "unsubscribe"):
         return False
     _end(subscriber, now)
+    suppression.suppress(
+        session, keys.hash(subscriber.email), SuppressionReason.UNSUBSCRIBED, now=now
+    )
     return True
 
 
-def forget(session: Session, subscriber: Subscriber) -> None:
-    """Erase a subscription with its consent record and ledger (the subscriber's request)."""
+def forget(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> None:
+    """Erase a subscription with its consent record and ledger (the subscriber's request).
+
+    Only the mailbox's keyed hash stays, on the suppression list: erasing must not
+    make the address mailable again, nor reset its confirmation cap.
+    """
+    suppression.suppress(session, keys.hash(subscriber.email), SuppressionReason.ERASED, now=now)
     session.delete(subscriber)
+
+
+def complain(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> bool:
+    """The recipient reported an email as spam: end the subscription, suppress the mailbox."""
+    changed = _move(subscriber, "complain")
+    if changed:
+        _end(subscriber, now)
+    suppression.suppress(
+        session, keys.hash(subscriber.email), SuppressionReason.COMPLAINED, now=now
+    )
+    return changed
+
+
+def bounce(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> bool:
+    """The address bounced for good: end the subscription, suppress the mailbox."""
+    changed = _move(subscriber, "bounce")
+    if changed:
+        _end(subscriber, now)
+    else:
+        subscriber.claimed_until = None
+    suppression.suppress(session, keys.hash(subscriber.email), SuppressionReason.BOUNCED, now=now)
+    return changed
+
+
+def soft_bounce(
+    session: Session, mailbox_hash: str, *, policy: Policy, now: datetime
+) -> bool:
+    """Count a temporary bounce already recorded as a MailEvent; say if it suppresses the mailbox.
+
+    `policy.soft_bounce_limit` soft bounces within `policy.soft_bounce_window` do.
+    """
+    recent = (
+        session.scalar(
+            select(func.count())
+            .select_from(MailEvent)
+            .where(
+                MailEvent.mailbox_hash == mailbox_hash,
+                MailEvent.kind == MailEventKind.SOFT_BOUNCE,
+                MailEvent.occurred_at > now - policy.soft_bounce_window,
+            )
+        )
+        or 0
+    )
+    if recent < policy.soft_bounce_limit:
+        return False
+    suppression.suppress(session, mailbox_hash, SuppressionReason.BOUNCED, now=now)
+    return True
 
 
 def forget_unconfirmed(session: Session, *, now: datetime) -> int:
@@ -384,13 +453,21 @@ def due_email(subscriber: Subscriber) -> tuple[EmailKind, int] | None:
 
 
 def begin_delivery(
-    session: Session, subscriber_id: int, *, policy: Policy, domain: str, now: datetime
+    session: Session,
+    subscriber_id: int,
+    *,
+    policy: Policy,
+    keys: MailboxKeys,
+    domain: str,
+    now: datetime,
 ) -> PlannedEmail | None:
     """Record in the ledger that the due email is being sent, and return it; None if not due.
 
     The ledger row is unique per (subscriber, email): if another worker is sending it,
     or it was sent, this returns None. A row left `sending` longer than the claim
     lease (a crashed worker) is taken over and sent again with the same Message-ID.
+    Nothing goes to a suppressed mailbox but a confirmation, and no confirmation
+    past the mailbox's daily cap (see `_cleared`).
     """
     subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
     if subscriber is None or subscriber.next_send_at is None or subscriber.next_send_at > now:
@@ -406,6 +483,8 @@ def begin_delivery(
             Delivery.number == number,
         )
     )
+    if not _cleared(session, subscriber, kind, policy, keys, now, first=delivery is None):
+        return None
     if delivery is None:
         delivery = Delivery(
             subscriber_id=subscriber.id,
@@ -445,6 +524,42 @@ def begin_delivery(
     )
 
 
+def _cleared(
+    session: Session,
+    subscriber: Subscriber,
+    kind: EmailKind,
+    policy: Policy,
+    keys: MailboxKeys,
+    now: datetime,
+    *,
+    first: bool,
+) -> bool:
+    """Whether the due email may go out; if not, the subscription stops waiting for it.
+
+    Course steps never go to a suppressed mailbox (under any spelling) unless it
+    confirmed after the suppression: such a subscription ends. A confirmation is
+    the way back onto the list, so it may go, within the mailbox's daily cap;
+    past the cap it is dropped (signing up again tomorrow asks again). Only a
+    `first` attempt counts against the cap: a retry is the same email.
+    """
+    mailbox = keys.hash(subscriber.email)
+    if kind == EmailKind.STEP:
+        if not suppression.blocks(session, mailbox, subscriber.consent.confirmed_at):
+            return True
+        if _move(subscriber, "unsubscribe"):
+            _end(subscriber, now)
+        subscriber.last_error = "suppressed: the address bounced, complained or unsubscribed"
+        return False
+    if not first or suppression.take_confirmation(
+        session, mailbox, limit=policy.confirmations_per_day, now=now
+    ):
+        return True
+    subscriber.next_send_at = None
+    subscriber.claimed_until = None
+    subscriber.last_error = "confirmation cap reached for this mailbox today"
+    return False
+
+
 def finish_delivery(session: Session, delivery_id: int, *, policy: Policy, now: datetime) -> None:
     """The relay accepted the email: mark it sent and schedule the next one."""
     delivery = session.get_one(Delivery, delivery_id)
@@ -480,6 +595,7 @@ def defer_delivery(
     error: str,
     now: datetime,
     count_against_recipient: bool,
+    keys: MailboxKeys,
 ) -> datetime | None:
     """A temporary failure: retry later with backoff. Return when, or None if given up.
 
@@ -494,24 +610,23 @@ def defer_delivery(
     if count_against_recipient:
         subscriber.send_failures += 1
         if subscriber.send_failures >= MAX_RECIPIENT_FAILURES:
-            fail_delivery(session, delivery_id, error=error, now=now)
+            fail_delivery(session, delivery_id, error=error, keys=keys, now=now)
             return None
     delay = RETRY_DELAYS[min(delivery.attempts, len(RETRY_DELAYS)) - 1]
     subscriber.claimed_until = now + delay
     return subscriber.claimed_until
 
 
-def fail_delivery(session: Session, delivery_id: int, *, error: str, now: datetime) -> None:
-    """A permanent refusal of the recipient: the address bounced and its course stops."""
+def fail_delivery(
+    session: Session, delivery_id: int, *, error: str, keys: MailboxKeys, now: datetime
+) -> None:
+    """A permanent refusal of the recipient: the address bounced, is suppressed, its course stops."""
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
     delivery.error = error
     subscriber.last_error = error
-    if _move(subscriber, "bounce"):
-        _end(subscriber, now)
-    else:
-        subscriber.claimed_until = None
+    bounce(session, subscriber, keys=keys, now=now)
 
 
 def progress(subscriber: Subscriber) -> int:

@@ -106,6 +106,7 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                     session,
                     subscriber_id,
                     policy=services.policy,
+                    keys=services.mailbox_keys,
                     domain=services.sender.domain,
                     now=now,
                 )
@@ -147,7 +148,13 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 continue
             except PermanentFailure as error:
                 with session_scope(services.sessions) as session:
-                    drip.fail_delivery(session, planned.delivery_id, error=str(error), now=now)
+                    drip.fail_delivery(
+                        session,
+                        planned.delivery_id,
+                        error=str(error),
+                        keys=services.mailbox_keys,
+                        now=now,
+                    )
                 log.info("subscriber %s bounced: %s", planned.subscriber_id, error)
                 report.add("bounced")
                 continue
@@ -186,5 +193,6 @@ def _record_deferral(
             error=error,
             now=now,
             count_against_recipient=against_recipient,
+            keys=services.mailbox_keys,
         )
     log.info("delivery %s deferred until %s: %s", planned.delivery_id, retry_at, error)

@@ -17,6 +17,7 @@ from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
 from app.emails import EmailCatalog, Recipient, Sender
+from app.mailbox import MailboxKeys
 from app.mailer import SmtpMailer
 from app.tokens import Links, LinkSigner
 
@@ -62,7 +63,15 @@ class Services:
             step_interval=self.settings.step_interval,
             confirm_resend_after=self.settings.confirm_resend_after,
             claim_lease=self.settings.claim_lease,
+            confirmations_per_day=self.settings.hygiene.confirmations_per_day,
+            soft_bounce_limit=self.settings.hygiene.soft_bounce_limit,
+            soft_bounce_window=self.settings.hygiene.soft_bounce_window,
         )
+
+    @cached_property
+    def mailbox_keys(self) -> MailboxKeys:
+        """Keyed hashes of mailboxes, for the suppression list and the caps."""
+        return MailboxKeys(self.settings.secret_key)
 
     @cached_property
     def signer(self) -> LinkSigner:

@@ -169,5 +169,10 @@ def begin(services: Services, subscriber_id: int, now: datetime) -> drip.Planned
     """Ask the ledger to send the subscription's due email, as a worker does."""
     with session_scope(services.sessions) as session:
         return drip.begin_delivery(
-            session, subscriber_id, policy=services.policy, domain="onward.test", now=now
+            session,
+            subscriber_id,
+            policy=services.policy,
+            keys=services.mailbox_keys,
+            domain="onward.test",
+            now=now,
         )
