@@ -230,9 +230,7 @@ class HygieneSettings:
         if imap_url is not None:
             parts = urlsplit(imap_url)
             if parts.scheme not in {"imap", "imaps"} or not parts.hostname or not parts.username:
-                raise ConfigError(
-                    "BOUNCE_IMAP_URL must look like imaps://user:password@host/INBOX"
-                )
+                raise ConfigError("BOUNCE_IMAP_URL must look like imaps://user:password@host/INBOX")
         auth = env.get("POSTMARK_WEBHOOK_AUTH") or None
         if auth is not None and ":" not in auth:
             raise ConfigError("POSTMARK_WEBHOOK_AUTH must be user:password")

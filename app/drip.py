@@ -306,9 +306,7 @@ def bounce(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: 
     return changed
 
 
-def soft_bounce(
-    session: Session, mailbox_hash: str, *, policy: Policy, now: datetime
-) -> bool:
+def soft_bounce(session: Session, mailbox_hash: str, *, policy: Policy, now: datetime) -> bool:
     """Count a temporary bounce already recorded as a MailEvent; say if it suppresses the mailbox.
 
     `policy.soft_bounce_limit` soft bounces within `policy.soft_bounce_window` do.
@@ -620,7 +618,7 @@ def defer_delivery(
 def fail_delivery(
     session: Session, delivery_id: int, *, error: str, keys: MailboxKeys, now: datetime
 ) -> None:
-    """A permanent refusal of the recipient: the address bounced, is suppressed, its course stops."""
+    """A permanent refusal of the recipient: the address bounced and is suppressed."""
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
@@ -632,3 +630,139 @@ def fail_delivery(
 def progress(subscriber: Subscriber) -> int:
     """How many course steps the subscriber has received."""
     return min(subscriber.next_step - 1, TOTAL_STEPS)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One thing a relay, a bounce message or a feedback loop said about an email we sent."""
+
+    #: Where it came from: ses, postmark, mailgun, sendgrid, dsn or arf.
+    source: str
+    #: The source's own id for it: the same report delivered twice has the same id.
+    event_id: str
+    kind: MailEventKind
+    occurred_at: datetime
+    #: Our Message-ID (with or without angle brackets), when the report carries it.
+    message_id: str | None = None
+    recipient: str | None = None
+    detail: str = ""
+
+
+def apply_report(
+    session: Session, report: Report, *, keys: MailboxKeys, policy: Policy, now: datetime
+) -> str:
+    """Apply a report once: record it, then bounce, suppress or mark delivered; say what it did.
+
+    The email is found by its Message-ID, else the recipient's live subscription.
+    A report about an erased address still suppresses its mailbox (by hash).
+    """
+    delivery = _delivery_for(session, report.message_id)
+    subscriber = delivery.subscriber if delivery is not None else None
+    if subscriber is None and report.recipient:
+        subscriber = session.scalar(
+            select(Subscriber)
+            .where(Subscriber.email == report.recipient.strip().lower())
+            .order_by(Subscriber.status.in_(ENDED_STATUSES), Subscriber.id.desc())
+            .limit(1)
+        )
+    address = subscriber.email if subscriber is not None else report.recipient
+    if not address:
+        return f"{report.source} {report.event_id}: no email of ours found, ignored"
+    mailbox = keys.hash(address)
+    event = MailEvent(
+        source=report.source,
+        event_id=report.event_id[:255],
+        kind=report.kind,
+        mailbox_hash=mailbox,
+        template=delivery.template if delivery is not None else None,
+        occurred_at=report.occurred_at,
+        detail=report.detail[:2000] or None,
+    )
+    try:
+        with session.begin_nested():
+            session.add(event)
+    except IntegrityError:
+        return f"{report.source} {report.event_id}: already applied"
+    what = f"{report.source} {report.event_id}: {report.kind} for subscriber " + (
+        str(subscriber.id) if subscriber is not None else "(erased)"
+    )
+    if report.kind == MailEventKind.DELIVERED:
+        if delivery is None and subscriber is not None:
+            delivery = session.scalar(
+                select(Delivery)
+                .where(Delivery.subscriber_id == subscriber.id, Delivery.sent_at.is_not(None))
+                .order_by(Delivery.sent_at.desc())
+                .limit(1)
+            )
+        if delivery is not None and delivery.delivered_at is None:
+            delivery.delivered_at = report.occurred_at
+        return what + ", marked delivered"
+    if report.kind == MailEventKind.COMPLAINT:
+        if subscriber is not None:
+            complain(session, subscriber, keys=keys, now=now)
+        else:
+            suppression.suppress(session, mailbox, SuppressionReason.COMPLAINED, now=now)
+        return what + ", unsubscribed and suppressed"
+    if report.kind == MailEventKind.SOFT_BOUNCE and not soft_bounce(
+        session, mailbox, policy=policy, now=now
+    ):
+        return what + ", counted"
+    if subscriber is not None:
+        bounce(session, subscriber, keys=keys, now=now)
+    else:
+        suppression.suppress(session, mailbox, SuppressionReason.BOUNCED, now=now)
+    return what + ", bounced and suppressed"
+
+
+def _delivery_for(session: Session, message_id: str | None) -> Delivery | None:
+    if not message_id:
+        return None
+    bare = message_id.strip().strip("<>")
+    return session.scalar(select(Delivery).where(Delivery.message_id == f"<{bare}>"))
+
+
+def hygiene_counts(session: Session, *, now: datetime, days: int = 7) -> HygieneFigures:
+    """Bounces and complaints per email and per day, and the complaint rate."""
+    since = now - timedelta(days=days)
+    kinds = (MailEventKind.HARD_BOUNCE, MailEventKind.SOFT_BOUNCE, MailEventKind.COMPLAINT)
+    per_step: dict[tuple[str, str], int] = {}
+    per_day: dict[tuple[str, str], int] = {}
+    for template, kind, occurred in session.execute(
+        select(MailEvent.template, MailEvent.kind, MailEvent.occurred_at).where(
+            MailEvent.kind.in_(kinds), MailEvent.occurred_at >= since
+        )
+    ):
+        step_key = (template or "unknown", str(kind))
+        per_step[step_key] = per_step.get(step_key, 0) + 1
+        day_key = (occurred.date().isoformat(), str(kind))
+        per_day[day_key] = per_day.get(day_key, 0) + 1
+    sent = (
+        session.scalar(select(func.count()).select_from(Delivery).where(Delivery.sent_at >= since))
+        or 0
+    )
+    complaints = sum(n for (_day, kind), n in per_day.items() if kind == MailEventKind.COMPLAINT)
+    return HygieneFigures(
+        days=days, per_step=per_step, per_day=per_day, sent=sent, complaints=complaints
+    )
+
+
+#: Gmail's bulk-sender rules: keep the spam-complaint rate under 0.3 %.
+GMAIL_COMPLAINT_LIMIT = 0.003
+
+
+@dataclass(frozen=True)
+class HygieneFigures:
+    """Bounces and complaints over the last `days` days, by email and by day."""
+
+    days: int
+    #: (template, kind) -> count
+    per_step: dict[tuple[str, str], int]
+    #: (ISO day, kind) -> count
+    per_day: dict[tuple[str, str], int]
+    sent: int
+    complaints: int
+
+    @property
+    def complaint_rate(self) -> float:
+        """Complaints per email sent in the period (0 when nothing was sent)."""
+        return self.complaints / self.sent if self.sent else 0.0

@@ -82,9 +82,12 @@ class SmtpMailer:
             ) from error
         return connection
 
-    def send(self, message: EmailMessage) -> None:
-        """Hand one message to the relay; raise a DeliveryError subclass if it is refused."""
-        sender = parseaddr(str(message["From"]))[1]
+    def send(self, message: EmailMessage, *, envelope_from: str | None = None) -> None:
+        """Hand one message to the relay; raise a DeliveryError subclass if it is refused.
+
+        `envelope_from` (MAIL FROM, where bounces go) defaults to the From address.
+        """
+        sender = envelope_from or parseaddr(str(message["From"]))[1]
         recipient = parseaddr(str(message["To"]))[1]
         # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
         payload = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))

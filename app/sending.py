@@ -133,7 +133,7 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 report.add("deferred")
                 continue
             try:
-                mailer.send(message)
+                mailer.send(message, envelope_from=services.return_path(planned.message_id))
             except RelayUnavailable as error:
                 _record_deferral(services, planned, str(error), now, against_recipient=False)
                 retry_at = now + drip.RETRY_DELAYS[0]

@@ -16,6 +16,7 @@ from app.config import ConfigError, Settings
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
+from app.dsn import verp_address
 from app.emails import EmailCatalog, Recipient, Sender
 from app.mailbox import MailboxKeys
 from app.mailer import SmtpMailer
@@ -114,6 +115,11 @@ class Services:
             links=self.links("sample-subscriber"),
             message_id=f"<sample@{self.sender.domain}>",
         )
+
+    def return_path(self, message_id: str) -> str | None:
+        """The envelope sender (VERP) of the email with `message_id`, if RETURN_PATH is set."""
+        template = self.settings.hygiene.return_path
+        return None if template is None else verp_address(template, message_id)
 
     def links(self, subscriber_key: str) -> Links:
         """The signed links of one subscription."""

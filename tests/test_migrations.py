@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from pprint import pformat
 from typing import Any
@@ -32,9 +31,7 @@ from app.db import (
     current_revision,
     head_revision,
     make_engine,
-    make_sessionmaker,
     migrate,
-    session_scope,
 )
 from tests.conftest import drop_postgresql_schema
 
