@@ -281,7 +281,7 @@ def read_postmark(body: bytes, *, now: datetime) -> list[Report]:
 
 
 def read_mailgun(body: bytes, *, signing_key: str, now: datetime) -> list[Report]:
-    """Verify a Mailgun webhook's signature and read its event."""
+    """Verify a Mailgun webhook's signature and read its event (one per signed token)."""
     payload = _json(body)
     if not isinstance(payload, dict):
         raise Unverified("the Mailgun payload is not a JSON object")
@@ -308,7 +308,9 @@ def read_mailgun(body: bytes, *, signing_key: str, now: datetime) -> list[Report
     return [
         Report(
             source="mailgun",
-            event_id=str(data.get("id") or token),
+            # The signature covers the token, not the event: keying on the token means a
+            # captured signature cannot carry a second, altered event.
+            event_id=f"token:{token}",
             kind=report_kind,
             occurred_at=_when(data.get("timestamp"), now),
             message_id=headers.get("message-id"),
