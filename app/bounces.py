@@ -112,7 +112,7 @@ class ImapMailbox:
             try:
                 client.logout()
             except (OSError, imaplib.IMAP4.error):
-                log.debug("IMAP logout failed", exc_info=True)
+                client.shutdown()
 
 
 def apply_letters(services: Services, letters: Iterable[Letter]) -> list[str]:

@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while True:
             try:
@@ -59,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.once or stop.wait(hygiene.bounce_poll_seconds):
                 return 0
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         services.close()
 
 
