@@ -72,11 +72,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 self.reply(f"{tag} OK SEARCH completed")
             elif command == "UID FETCH":
                 message = box.messages[int(words[2]) - 1]
-                self.wfile.write(
-                    f"* {message.uid} FETCH (UID {message.uid} BODY[] {{{len(message.raw)}}}\r\n".encode()
-                    + message.raw
-                    + b")\r\n"
-                )
+                head = f"* {message.uid} FETCH (UID {message.uid} BODY[] {{{len(message.raw)}}}"
+                self.wfile.write(head.encode() + b"\r\n" + message.raw + b")\r\n")
                 self.reply(f"{tag} OK FETCH completed")
             elif command == "UID STORE":
                 message = box.messages[int(words[2]) - 1]

@@ -345,7 +345,8 @@ def postmark_bounce(type_: str = "HardBounce", id_: int = 4323372036854775807) -
         "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
         "Metadata": {},
         "ServerID": 23,
-        "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+        "Description": "The server was unable to deliver your message "
+        "(ex: unknown user, mailbox not found).",
         "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
         "Email": RECIPIENT,
         "From": "course@onward.test",
