@@ -88,7 +88,6 @@ class Settings:
     emails_dir: Path = DEFAULT_EMAILS_DIR
     outbox_dir: Path | None = None
     dev_pages: bool = False
-    subscribe_rate_limit: int = 10
     trusted_proxies: int = 0
     environment: str = "development"
     log_format: str = "text"
@@ -97,6 +96,12 @@ class Settings:
     dkim_domain: str | None = None
     #: Suppression, caps, provider webhooks and bounce mail (README, List hygiene).
     hygiene: HygieneSettings = field(default_factory=lambda: HygieneSettings())
+
+    # --- Delivery safety: the global send rate and SMTPUTF8 (README, Configuration) ---
+    #: SEND_RATE: emails per period for all workers together; None: unlimited.
+    send_rate: Rate | None = None
+    #: SMTP_UTF8: the relay carries addresses with non-ASCII local parts (SMTPUTF8).
+    smtp_utf8: bool = False
 
     @property
     def production(self) -> bool:
@@ -151,6 +156,7 @@ class Settings:
         smtp_url = env.get("SMTP_URL") or None
         if smtp_url:
             SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
+        send_rate, smtp_utf8 = delivery_settings(env)
         return cls(
             base_url=env.get("BASE_URL", f"http://127.0.0.1:{port}").rstrip("/"),
             secret_key=env.get("SECRET_KEY", defaults.secret_key),
@@ -175,8 +181,52 @@ class Settings:
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,
+            send_rate=send_rate,
+            smtp_utf8=smtp_utf8,
             hygiene=HygieneSettings.from_env(env),
         )
+
+
+# --- Delivery safety settings: SEND_RATE and SMTP_UTF8 ---
+
+_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smhd])\s*$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A number of emails per period, like 14/s or 50000/h."""
+
+    count: float
+    period: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two emails at this rate."""
+        return self.period / self.count
+
+    def __str__(self) -> str:
+        unit = {seconds: name for name, seconds in _RATE_PERIODS.items()}[self.period]
+        return f"{self.count:g}/{unit}"
+
+
+def parse_rate(text: str) -> Rate:
+    """Read `14/s`, `600/m`, `50000/h` or `100000/d`; ConfigError if it is not one."""
+    match = _RATE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(
+            f"SEND_RATE must be a number of emails per s, m, h or d, like 14/s, got {text!r}"
+        )
+    return Rate(float(match.group(1)), _RATE_PERIODS[match.group(2)])
+
+
+def delivery_settings(env: Mapping[str, str]) -> tuple[Rate | None, bool]:
+    """SEND_RATE (unset: unlimited) and SMTP_UTF8 (default false) from the environment."""
+    send_rate = env.get("SEND_RATE", "").strip()
+    smtp_utf8 = env.get("SMTP_UTF8", "false").strip().lower()
+    if smtp_utf8 not in {"1", "true", "yes", "0", "false", "no"}:
+        raise ConfigError(f"SMTP_UTF8 must be true or false, got {smtp_utf8!r}")
+    return (parse_rate(send_rate) if send_rate else None), smtp_utf8 in {"1", "true", "yes"}
 
 
 # --- List hygiene: suppression, caps, provider webhooks and bounce mail ---
@@ -186,6 +236,8 @@ class Settings:
 class HygieneSettings:
     """Limits and the credentials of the ways bounces and complaints reach Onward."""
 
+    #: Sign-ups one IP address (IPv6: one /64 network) may make per hour.
+    signups_per_ip_per_hour: int = 20
     #: Confirmation emails one mailbox (however spelled) may receive per UTC day.
     confirmations_per_day: int = 3
     #: Soft bounces of one mailbox within `soft_bounce_window` that suppress it.
@@ -204,7 +256,7 @@ class HygieneSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HygieneSettings:
-        """Read CONFIRMATIONS_PER_DAY, RETURN_PATH, BOUNCE_IMAP_URL and the webhook keys."""
+        """Read the caps, RETURN_PATH, BOUNCE_IMAP_URL and the webhook keys."""
 
         def count(name: str, default: int) -> int:
             text = env.get(name) or str(default)
@@ -235,6 +287,7 @@ class HygieneSettings:
         if auth is not None and ":" not in auth:
             raise ConfigError("POSTMARK_WEBHOOK_AUTH must be user:password")
         return cls(
+            signups_per_ip_per_hour=count("SIGNUPS_PER_IP_PER_HOUR", cls.signups_per_ip_per_hour),
             confirmations_per_day=count("CONFIRMATIONS_PER_DAY", cls.confirmations_per_day),
             soft_bounce_limit=count("SOFT_BOUNCE_LIMIT", cls.soft_bounce_limit),
             soft_bounce_window=interval("SOFT_BOUNCE_WINDOW", "7d"),

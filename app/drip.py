@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import suppression
+from app import store
+from app.failures import FailureClass, classify_reported
 from app.mailbox import MailboxKeys
 from app.models import (
     ENDED_STATUSES,
@@ -57,8 +58,11 @@ TRANSITIONS["complain"] = TRANSITIONS["unsubscribe"]
 FORGET_UNCONFIRMED_AFTER = timedelta(days=30)
 #: A pending address gets at most this many confirmation emails.
 MAX_CONFIRMATIONS = 5
-#: Temporary failures for one recipient before the address counts as bounced.
-MAX_RECIPIENT_FAILURES = 8
+#: Failures of one email that count (the recipient's, or the email's own) before
+#: it is given up: marked failed, and the address bounced if the failure says so.
+MAX_ATTEMPTS = 8
+#: Statuses whose due email may be claimed and sent.
+SENDABLE = (S.PENDING, S.ACTIVE)
 #: Delays between retries after a temporary failure (the last repeats).
 RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 5, 15, 30, 60))
 
@@ -116,13 +120,22 @@ class PlannedEmail:
         return template_name(self.kind, self.number)
 
 
-def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
-    """The canonical form of an address, or InvalidEmail with a message for the subscriber."""
+def normalize_email(raw: str, *, check_deliverability: bool = False, smtputf8: bool = False) -> str:
+    """The canonical form of an address, or InvalidEmail with a message for the subscriber.
+
+    Without `smtputf8` (the relay cannot carry them) an address with letters
+    beyond ASCII before the @ is refused; a non-ASCII domain is always fine.
+    """
     candidate = (raw or "").strip()
     if not candidate:
         raise InvalidEmail("Please enter your email address.")
     if len(candidate) > 254:
         raise InvalidEmail("That email address is too long.")
+    if not smtputf8 and not candidate.rpartition("@")[0].isascii():
+        raise InvalidEmail(
+            "We can't send to an address with accented or non-Latin letters before the @ "
+            "yet. Please use another address."
+        )
     try:
         address = validate_email(candidate, check_deliverability=check_deliverability).normalized
     except EmailNotValidError as error:
@@ -268,9 +281,7 @@ def unsubscribe(
     if not _move(subscriber, "unsubscribe"):
         return False
     _end(subscriber, now)
-    suppression.suppress(
-        session, keys.hash(subscriber.email), SuppressionReason.UNSUBSCRIBED, now=now
-    )
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.UNSUBSCRIBED, now=now)
     return True
 
 
@@ -280,7 +291,7 @@ def forget(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: 
     Only the mailbox's keyed hash stays, on the suppression list: erasing must not
     make the address mailable again, nor reset its confirmation cap.
     """
-    suppression.suppress(session, keys.hash(subscriber.email), SuppressionReason.ERASED, now=now)
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.ERASED, now=now)
     session.delete(subscriber)
 
 
@@ -289,20 +300,18 @@ def complain(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now
     changed = _move(subscriber, "complain")
     if changed:
         _end(subscriber, now)
-    suppression.suppress(
-        session, keys.hash(subscriber.email), SuppressionReason.COMPLAINED, now=now
-    )
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.COMPLAINED, now=now)
     return changed
 
 
-def bounce(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> bool:
+def bounced(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> bool:
     """The address bounced for good: end the subscription, suppress the mailbox."""
     changed = _move(subscriber, "bounce")
     if changed:
         _end(subscriber, now)
     else:
         subscriber.claimed_until = None
-    suppression.suppress(session, keys.hash(subscriber.email), SuppressionReason.BOUNCED, now=now)
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.BOUNCED, now=now)
     return changed
 
 
@@ -311,22 +320,22 @@ def soft_bounce(session: Session, mailbox_hash: str, *, policy: Policy, now: dat
 
     `policy.soft_bounce_limit` soft bounces within `policy.soft_bounce_window` do.
     """
-    recent = (
-        session.scalar(
-            select(func.count())
-            .select_from(MailEvent)
-            .where(
-                MailEvent.mailbox_hash == mailbox_hash,
-                MailEvent.kind == MailEventKind.SOFT_BOUNCE,
-                MailEvent.occurred_at > now - policy.soft_bounce_window,
-            )
-        )
-        or 0
+    recent = store.count_mail_events(
+        session, mailbox_hash, MailEventKind.SOFT_BOUNCE, since=now - policy.soft_bounce_window
     )
     if recent < policy.soft_bounce_limit:
         return False
-    suppression.suppress(session, mailbox_hash, SuppressionReason.BOUNCED, now=now)
+    store.suppress(session, mailbox_hash, SuppressionReason.BOUNCED, now=now)
     return True
+
+
+def _suppression_blocks(session: Session, mailbox_hash: str, confirmed_at: datetime | None) -> bool:
+    """Whether the list forbids course emails to a mailbox confirmed at `confirmed_at`.
+
+    Confirming again after the suppression is the one way off the list.
+    """
+    since = store.suppressed_at(session, mailbox_hash)
+    return since is not None and (confirmed_at is None or confirmed_at <= since)
 
 
 def forget_unconfirmed(session: Session, *, now: datetime) -> int:
@@ -344,93 +353,11 @@ def forget_unconfirmed(session: Session, *, now: datetime) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def counts(session: Session, *, now: datetime) -> dict[str, int]:
-    """Figures for operators: subscriptions by status, emails by ledger status, due now."""
-    figures = {
-        f"subscribers_{status}": count
-        for status, count in session.execute(
-            select(Subscriber.status, func.count()).group_by(Subscriber.status)
-        )
-    }
-    figures |= {
-        f"emails_{status}": count
-        for status, count in session.execute(
-            select(Delivery.status, func.count()).group_by(Delivery.status)
-        )
-    }
-    figures["emails_sent_last_24h"] = (
-        session.scalar(
-            select(func.count())
-            .select_from(Delivery)
-            .where(
-                Delivery.status == DeliveryStatus.SENT, Delivery.sent_at >= now - timedelta(days=1)
-            )
-        )
-        or 0
-    )
-    figures["due_now"] = (
-        session.scalar(
-            select(func.count()).select_from(Subscriber).where(Subscriber.next_send_at <= now)
-        )
-        or 0
-    )
-    return figures
-
-
 def _end(subscriber: Subscriber, now: datetime) -> None:
     subscriber.ended_at = now
     subscriber.next_send_at = None
     subscriber.claimed_until = None
     subscriber.paused_at = None
-
-
-def claim_due(
-    session: Session,
-    *,
-    now: datetime,
-    lease: timedelta,
-    limit: int,
-    ids: list[int] | None = None,
-) -> list[int]:
-    """Claim up to `limit` subscriptions whose next email is due; return their ids.
-
-    A claim lasts `lease`: two ticks or two web requests never claim the same
-    subscription at once, and a claim whose job was lost lapses and is taken again.
-    """
-    due = (
-        select(Subscriber.id)
-        .where(
-            Subscriber.next_send_at <= now,
-            Subscriber.status.in_((S.PENDING, S.ACTIVE)),
-            or_(Subscriber.claimed_until.is_(None), Subscriber.claimed_until <= now),
-        )
-        .order_by(Subscriber.next_send_at)
-        .limit(limit)
-    )
-    if ids is not None:
-        due = due.where(Subscriber.id.in_(ids))
-    if session.get_bind().dialect.name == "postgresql":
-        # Concurrent ticks skip each other's rows instead of waiting on them.
-        due = due.with_for_update(skip_locked=True)
-    claimed = session.scalars(
-        update(Subscriber)
-        .where(Subscriber.id.in_(due.scalar_subquery()))
-        .values(claimed_until=now + lease)
-        .returning(Subscriber.id)
-        .execution_options(synchronize_session=False)
-    )
-    return sorted(claimed)
-
-
-def release_claims(session: Session, ids: list[int], *, retry_at: datetime | None = None) -> None:
-    """Give claims back (for example when the queue could not take the job)."""
-    if ids:
-        session.execute(
-            update(Subscriber)
-            .where(Subscriber.id.in_(ids))
-            .values(claimed_until=retry_at)
-            .execution_options(synchronize_session=False)
-        )
 
 
 def message_id_for(subscriber_key: str, kind: EmailKind, number: int, domain: str) -> str:
@@ -467,20 +394,18 @@ def begin_delivery(
     Nothing goes to a suppressed mailbox but a confirmation, and no confirmation
     past the mailbox's daily cap (see `_cleared`).
     """
-    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    subscriber = store.lock_subscriber(session, subscriber_id)
     if subscriber is None or subscriber.next_send_at is None or subscriber.next_send_at > now:
+        # Gone, or not due yet: a retry's backoff holds whichever job runs it.
+        return None
+    if subscriber.claimed_until is None or subscriber.claimed_until <= now:
+        # This job's claim lapsed: the subscription may be queued elsewhere by now.
         return None
     due = due_email(subscriber)
     if due is None:
         return None
     kind, number = due
-    delivery = session.scalar(
-        select(Delivery).where(
-            Delivery.subscriber_id == subscriber.id,
-            Delivery.kind == kind,
-            Delivery.number == number,
-        )
-    )
+    delivery = store.ledger_row(session, subscriber.id, kind, number)
     if not _cleared(session, subscriber, kind, policy, keys, now, first=delivery is None):
         return None
     if delivery is None:
@@ -492,10 +417,7 @@ def begin_delivery(
             status=DeliveryStatus.SENDING,
             started_at=now,
         )
-        try:
-            with session.begin_nested():
-                session.add(delivery)
-        except IntegrityError:
+        if not store.add_ledger_row(session, delivery):
             return None
     elif delivery.status == DeliveryStatus.SENT:
         # Sent, but the subscription was not moved on (it cannot happen through
@@ -542,13 +464,13 @@ def _cleared(
     """
     mailbox = keys.hash(subscriber.email)
     if kind == EmailKind.STEP:
-        if not suppression.blocks(session, mailbox, subscriber.consent.confirmed_at):
+        if not _suppression_blocks(session, mailbox, subscriber.consent.confirmed_at):
             return True
         if _move(subscriber, "unsubscribe"):
             _end(subscriber, now)
         subscriber.last_error = "suppressed: the address bounced, complained or unsubscribed"
         return False
-    if not first or suppression.take_confirmation(
+    if not first or store.take_confirmation(
         session, mailbox, limit=policy.confirmations_per_day, now=now
     ):
         return True
@@ -592,39 +514,72 @@ def defer_delivery(
     *,
     error: str,
     now: datetime,
-    count_against_recipient: bool,
+    counts: bool,
     keys: MailboxKeys,
+    bounces: bool = False,
+    retry_at: datetime | None = None,
 ) -> datetime | None:
-    """A temporary failure: retry later with backoff. Return when, or None if given up.
+    """This email failed for now: it waits, then is tried again. Return when, or None if given up.
 
-    Failures of the relay itself (down, unreachable) do not count against the
-    recipient; repeated temporary refusals of one recipient end in a bounce.
+    A failure that `counts` (the recipient's, or the email's own) moves the email
+    towards MAX_ATTEMPTS, with growing backoff; then it is given up, bouncing the
+    address only if `bounces`. Other failures (the relay, our sender) wait until
+    `retry_at` and never count. The wait is the subscription's `next_send_at`,
+    so every job that might run the retry respects it.
     """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.DEFERRED
     delivery.error = error
     subscriber.last_error = error
-    if count_against_recipient:
+    if counts:
         subscriber.send_failures += 1
-        if subscriber.send_failures >= MAX_RECIPIENT_FAILURES:
-            fail_delivery(session, delivery_id, error=error, keys=keys, now=now)
+        if subscriber.send_failures >= MAX_ATTEMPTS:
+            fail_delivery(session, delivery_id, error=error, now=now, bounce=bounces, keys=keys)
             return None
-    delay = RETRY_DELAYS[min(delivery.attempts, len(RETRY_DELAYS)) - 1]
-    subscriber.claimed_until = now + delay
-    return subscriber.claimed_until
+    if retry_at is None:
+        failures = max(subscriber.send_failures, 1)
+        retry_at = now + RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1]
+    subscriber.next_send_at = retry_at
+    subscriber.claimed_until = None
+    return retry_at
 
 
 def fail_delivery(
-    session: Session, delivery_id: int, *, error: str, keys: MailboxKeys, now: datetime
+    session: Session,
+    delivery_id: int,
+    *,
+    error: str,
+    now: datetime,
+    bounce: bool,
+    keys: MailboxKeys,
 ) -> None:
-    """A permanent refusal of the recipient: the address bounced and is suppressed."""
+    """Give an email up: it is marked failed for the operator to see.
+
+    With `bounce` the address bounced: it takes the same path as a hard bounce a
+    relay reports later (recorded, course ended, mailbox suppressed). Otherwise
+    the subscription is held (nothing more is sent) until it is resumed or ends.
+    """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
     delivery.error = error
     subscriber.last_error = error
-    bounce(session, subscriber, keys=keys, now=now)
+    subscriber.claimed_until = None
+    if not bounce:
+        subscriber.next_send_at = None
+        return
+    event = MailEvent(
+        source="smtp",
+        event_id=delivery.message_id,
+        kind=MailEventKind.HARD_BOUNCE,
+        mailbox_hash=keys.hash(subscriber.email),
+        template=delivery.template,
+        occurred_at=now,
+        detail=error[:2000] or None,
+    )
+    store.add_mail_event(session, event)
+    bounced(session, subscriber, keys=keys, now=now)
 
 
 def progress(subscriber: Subscriber) -> int:
@@ -640,12 +595,40 @@ class Report:
     source: str
     #: The source's own id for it: the same report delivered twice has the same id.
     event_id: str
+    #: What the source says happened; a bounce's status code may overrule it (`apply_report`).
     kind: MailEventKind
     occurred_at: datetime
     #: Our Message-ID (with or without angle brackets), when the report carries it.
     message_id: str | None = None
     recipient: str | None = None
+    #: The remote server's answer as the report quotes it ("smtp; 550 5.1.1 ...").
     detail: str = ""
+    #: The enhanced status code (RFC 3463) the report gives, when apart from `detail`.
+    status: str | None = None
+
+
+#: Bounce kinds as the failure table sees them (app/failures.py).
+_BOUNCE_KINDS = {
+    FailureClass.RECIPIENT_PERMANENT: MailEventKind.HARD_BOUNCE,
+    FailureClass.RECIPIENT_TEMPORARY: MailEventKind.SOFT_BOUNCE,
+}
+
+
+def reported_kind(report: Report) -> MailEventKind:
+    """What a report means for the list, by the same failure table as SMTP answers at send time.
+
+    A bounce whose status code is about the address (5.1.1, a full mailbox) stays a
+    hard or soft bounce; one about our sending (5.7.x spam or DMARC refusals,
+    throttling, the remote system) is `blocked`: nobody is bounced for it.
+    """
+    if report.kind not in (MailEventKind.HARD_BOUNCE, MailEventKind.SOFT_BOUNCE):
+        return report.kind
+    rule = classify_reported(
+        report.detail,
+        status=report.status,
+        permanent=report.kind == MailEventKind.HARD_BOUNCE,
+    )
+    return _BOUNCE_KINDS.get(rule.cls, MailEventKind.BLOCKED)
 
 
 def apply_report(
@@ -656,93 +639,80 @@ def apply_report(
     The email is found by its Message-ID, else the recipient's live subscription.
     A report about an erased address still suppresses its mailbox (by hash).
     """
-    delivery = _delivery_for(session, report.message_id)
+    delivery = store.delivery_by_message_id(session, report.message_id)
     subscriber = delivery.subscriber if delivery is not None else None
     if subscriber is None and report.recipient:
-        subscriber = session.scalar(
-            select(Subscriber)
-            .where(Subscriber.email == report.recipient.strip().lower())
-            .order_by(Subscriber.status.in_(ENDED_STATUSES), Subscriber.id.desc())
-            .limit(1)
-        )
+        subscriber = store.subscriber_by_email(session, report.recipient)
     address = subscriber.email if subscriber is not None else report.recipient
     if not address:
         return f"{report.source} {report.event_id}: no email of ours found, ignored"
     mailbox = keys.hash(address)
+    kind = reported_kind(report)
     event = MailEvent(
         source=report.source,
         event_id=report.event_id[:255],
-        kind=report.kind,
+        kind=kind,
         mailbox_hash=mailbox,
         template=delivery.template if delivery is not None else None,
         occurred_at=report.occurred_at,
         detail=report.detail[:2000] or None,
     )
-    try:
-        with session.begin_nested():
-            session.add(event)
-    except IntegrityError:
+    if not store.add_mail_event(session, event):
         return f"{report.source} {report.event_id}: already applied"
-    what = f"{report.source} {report.event_id}: {report.kind} for subscriber " + (
+    what = f"{report.source} {report.event_id}: {kind} for subscriber " + (
         str(subscriber.id) if subscriber is not None else "(erased)"
     )
-    if report.kind == MailEventKind.DELIVERED:
+    if kind == MailEventKind.DELIVERED:
         if delivery is None and subscriber is not None:
-            delivery = session.scalar(
-                select(Delivery)
-                .where(Delivery.subscriber_id == subscriber.id, Delivery.sent_at.is_not(None))
-                .order_by(Delivery.sent_at.desc())
-                .limit(1)
-            )
+            delivery = store.last_sent(session, subscriber.id)
         if delivery is not None and delivery.delivered_at is None:
             delivery.delivered_at = report.occurred_at
         return what + ", marked delivered"
-    if report.kind == MailEventKind.COMPLAINT:
+    if kind == MailEventKind.BLOCKED:
+        return what + ", about our sending, not the address: nobody bounced"
+    if kind == MailEventKind.COMPLAINT:
         if subscriber is not None:
             complain(session, subscriber, keys=keys, now=now)
         else:
-            suppression.suppress(session, mailbox, SuppressionReason.COMPLAINED, now=now)
+            store.suppress(session, mailbox, SuppressionReason.COMPLAINED, now=now)
         return what + ", unsubscribed and suppressed"
-    if report.kind == MailEventKind.SOFT_BOUNCE and not soft_bounce(
+    if kind == MailEventKind.SOFT_BOUNCE and not soft_bounce(
         session, mailbox, policy=policy, now=now
     ):
         return what + ", counted"
     if subscriber is not None:
-        bounce(session, subscriber, keys=keys, now=now)
+        bounced(session, subscriber, keys=keys, now=now)
     else:
-        suppression.suppress(session, mailbox, SuppressionReason.BOUNCED, now=now)
+        store.suppress(session, mailbox, SuppressionReason.BOUNCED, now=now)
     return what + ", bounced and suppressed"
 
 
-def _delivery_for(session: Session, message_id: str | None) -> Delivery | None:
-    if not message_id:
-        return None
-    bare = message_id.strip().strip("<>")
-    return session.scalar(select(Delivery).where(Delivery.message_id == f"<{bare}>"))
+#: The kinds `flask stats` counts per email and per day.
+HYGIENE_KINDS = (
+    MailEventKind.HARD_BOUNCE,
+    MailEventKind.SOFT_BOUNCE,
+    MailEventKind.COMPLAINT,
+    MailEventKind.BLOCKED,
+)
 
 
 def hygiene_counts(session: Session, *, now: datetime, days: int = 7) -> HygieneFigures:
     """Bounces and complaints per email and per day, and the complaint rate."""
     since = now - timedelta(days=days)
-    kinds = (MailEventKind.HARD_BOUNCE, MailEventKind.SOFT_BOUNCE, MailEventKind.COMPLAINT)
     per_step: dict[tuple[str, str], int] = {}
     per_day: dict[tuple[str, str], int] = {}
-    for template, kind, occurred in session.execute(
-        select(MailEvent.template, MailEvent.kind, MailEvent.occurred_at).where(
-            MailEvent.kind.in_(kinds), MailEvent.occurred_at >= since
-        )
-    ):
-        step_key = (template or "unknown", str(kind))
+    for template, kind, occurred in store.mail_events(session, HYGIENE_KINDS, since=since):
+        step_key = (template or "unknown", kind)
         per_step[step_key] = per_step.get(step_key, 0) + 1
-        day_key = (occurred.date().isoformat(), str(kind))
+        day_key = (occurred.date().isoformat(), kind)
         per_day[day_key] = per_day.get(day_key, 0) + 1
-    sent = (
-        session.scalar(select(func.count()).select_from(Delivery).where(Delivery.sent_at >= since))
-        or 0
-    )
     complaints = sum(n for (_day, kind), n in per_day.items() if kind == MailEventKind.COMPLAINT)
     return HygieneFigures(
-        days=days, per_step=per_step, per_day=per_day, sent=sent, complaints=complaints
+        days=days,
+        per_step=per_step,
+        per_day=per_day,
+        sent=store.sent_since(session, since),
+        complaints=complaints,
     )
 
 

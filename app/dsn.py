@@ -71,6 +71,28 @@ def _attached_headers(report: Message) -> Message | None:
     return None
 
 
+def _recipient_answers(report: Message) -> dict[str, tuple[str, str | None]]:
+    """Per failed recipient of a DSN (RFC 3464): the remote answer and the Status field.
+
+    Keys are lowercased addresses from Final-Recipient (and Original-Recipient).
+    """
+    answers: dict[str, tuple[str, str | None]] = {}
+    for part in report.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        blocks = part.get_payload()
+        for block in blocks if isinstance(blocks, list) else []:
+            if not isinstance(block, Message):
+                continue
+            diagnostic = str(block.get("Diagnostic-Code") or "").strip()
+            status = str(block.get("Status") or "").strip() or None
+            for name in ("Final-Recipient", "Original-Recipient"):
+                address = str(block.get(name) or "").partition(";")[2].strip().strip("<>")
+                if address:
+                    answers[address.lower()] = (diagnostic, status)
+    return answers
+
+
 def _event_id(message: Message, raw: bytes) -> str:
     """The report's own Message-ID, or a digest of its bytes when it has none."""
     own = str(message.get("Message-ID") or "").strip()
@@ -90,22 +112,30 @@ def reports_in(raw: bytes, *, return_path: str | None, domain: str, now: datetim
     ):
         return _arf(message, original, message_id, event_id, now)
     temporary, permanent = all_failures(message)
-    return [
-        Report(
-            source="dsn",
-            event_id=f"{event_id}:{address.decode(errors='replace')}",
-            kind=kind,
-            occurred_at=now,
-            message_id=message_id,
-            recipient=address.decode(errors="replace"),
-            detail=str(message.get("Subject") or ""),
-        )
-        for kind, addresses in (
-            (MailEventKind.HARD_BOUNCE, permanent),
-            (MailEventKind.SOFT_BOUNCE, temporary - permanent),
-        )
-        for address in sorted(addresses)
-    ]
+    answers = _recipient_answers(message)
+    reports = []
+    for kind, addresses in (
+        (MailEventKind.HARD_BOUNCE, permanent),
+        (MailEventKind.SOFT_BOUNCE, temporary - permanent),
+    ):
+        for raw_address in sorted(addresses):
+            address = raw_address.decode(errors="replace")
+            # The status code, when the DSN gives one, lets the failure table say
+            # whether the bounce is about the address or about our sending.
+            diagnostic, status = answers.get(address.lower(), ("", None))
+            reports.append(
+                Report(
+                    source="dsn",
+                    event_id=f"{event_id}:{address}",
+                    kind=kind,
+                    occurred_at=now,
+                    message_id=message_id,
+                    recipient=address,
+                    detail=diagnostic,
+                    status=status,
+                )
+            )
+    return reports
 
 
 def _arf(

@@ -183,6 +183,8 @@ class MailEventKind(StrEnum):
     HARD_BOUNCE = "hard_bounce"
     SOFT_BOUNCE = "soft_bounce"
     COMPLAINT = "complaint"
+    #: Refused for a reason about our sending (spam filter, DMARC, reputation), not the address.
+    BLOCKED = "blocked"
 
 
 class MailEvent(Base):

@@ -222,7 +222,8 @@ def ses_reports(notification: Mapping[str, Any], *, sns_id: str, now: datetime) 
             occurred_at=_when(when, now),
             message_id=message_id,
             recipient=person.get("emailAddress"),
-            detail=str(person.get("diagnosticCode") or notification.get(kind.lower(), "")),
+            detail=str(person.get("diagnosticCode") or ""),
+            status=person.get("status") if isinstance(person.get("status"), str) else None,
         )
         for person in people
         if isinstance(person, dict)
@@ -231,8 +232,10 @@ def ses_reports(notification: Mapping[str, Any], *, sns_id: str, now: datetime) 
 
 # --- Postmark ---
 
-_POSTMARK_HARD = {"HardBounce", "BadEmailAddress", "ManuallyDeactivated", "Blocked"}
+_POSTMARK_HARD = {"HardBounce", "BadEmailAddress", "ManuallyDeactivated"}
 _POSTMARK_SOFT = {"SoftBounce", "Transient", "DnsError"}
+#: An ISP's block or a DMARC refusal is about our sending, not the address.
+_POSTMARK_BLOCKED = {"Blocked", "DMARCPolicy"}
 
 
 def check_basic_auth(authorization: str | None, expected: str) -> None:
@@ -261,6 +264,8 @@ def read_postmark(body: bytes, *, now: datetime) -> list[Report]:
         recipient, when, report_kind = record.get("Email"), record.get("BouncedAt"), K.HARD_BOUNCE
     elif record_type == "Bounce" and record.get("Type") in _POSTMARK_SOFT:
         recipient, when, report_kind = record.get("Email"), record.get("BouncedAt"), K.SOFT_BOUNCE
+    elif record_type == "Bounce" and record.get("Type") in _POSTMARK_BLOCKED:
+        recipient, when, report_kind = record.get("Email"), record.get("BouncedAt"), K.BLOCKED
     else:
         return []  # auto-replies, opens, clicks: nothing for the list
     # Postmark's MessageID is its own; bounces carry an ID of their own too.
@@ -315,9 +320,18 @@ def read_mailgun(body: bytes, *, signing_key: str, now: datetime) -> list[Report
             occurred_at=_when(data.get("timestamp"), now),
             message_id=headers.get("message-id"),
             recipient=data.get("recipient"),
-            detail=str(status.get("description") or status.get("message") or ""),
+            # Mailgun's own codes (605: not delivering to a previously bounced address)
+            # are no SMTP answer: only a 4xx or 5xx code is quoted as one.
+            detail=_mailgun_answer(status),
         )
     ]
+
+
+def _mailgun_answer(status: Mapping[str, Any]) -> str:
+    code, text = status.get("code"), str(status.get("message") or status.get("description") or "")
+    if isinstance(code, int) and 400 <= code < 600:
+        return f"{code} {text}".strip()
+    return text
 
 
 # --- SendGrid ---
@@ -363,7 +377,7 @@ def read_sendgrid(
         name = event.get("event")
         if name == "bounce":
             # SendGrid calls a refusal for the sender's reputation "blocked": not the address.
-            report_kind = K.SOFT_BOUNCE if event.get("type") == "blocked" else K.HARD_BOUNCE
+            report_kind = K.BLOCKED if event.get("type") == "blocked" else K.HARD_BOUNCE
         elif name == "spamreport":
             report_kind = K.COMPLAINT
         elif name == "delivered":
@@ -379,6 +393,7 @@ def read_sendgrid(
                 message_id=event.get("smtp-id"),
                 recipient=event.get("email"),
                 detail=str(event.get("reason") or event.get("response") or ""),
+                status=event.get("status") if isinstance(event.get("status"), str) else None,
             )
         )
     return [report for report in reports if report.event_id]

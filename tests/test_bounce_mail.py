@@ -221,3 +221,20 @@ def test_the_poller_without_a_mailbox_says_so(
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
     assert worker.bounces.main(["--once"]) == 2
     assert "BOUNCE_IMAP_URL is not set" in capsys.readouterr().err
+
+
+def test_a_dsn_about_our_sending_bounces_nobody(
+    app: Flask, services: Services, sent: str, tmp_path: Path
+) -> None:
+    # A blocklist refusal is about our sending (issue 7's table: 5.7.x), not the address.
+    raw = letter("postfix_hard.eml", sent)
+    raw = raw.replace(b"Status: 5.1.1", b"Status: 5.7.1").replace(
+        b"smtp; 550 5.1.1", b"smtp; 554 5.7.1 Service unavailable; client host blocked;"
+    )
+    mbox = write_mbox(tmp_path / "bounces.mbox", [raw])
+    output = read(app, "--mbox", str(mbox))
+    assert "blocked" in output and "nobody bounced" in output
+    assert status(services) == (S.ACTIVE, 0)
+    with session_scope(services.sessions) as session:
+        event = session.scalars(select(MailEvent)).one()
+        assert (event.kind, event.template) == ("blocked", "step-01")

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import timedelta
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
-from app import drip
+from app import drip, ratelimit
+from app.config import ConfigError, Settings
 from app.db import session_scope
 from app.mailbox import MailboxKeys, canonical_mailbox
-from app.models import MailEventKind, Subscriber, SubscriberStatus, Suppression
+from app.models import MailEvent, MailEventKind, Subscriber, SubscriberStatus, Suppression
 from app.services import Services
 from tests.support import FakeClock, SmtpSink, active_subscriber, run_worker, sign_up
 from worker.schedule import tick
@@ -257,3 +261,88 @@ def test_soft_bounces_suppress_only_when_several_fall_within_the_window(
     for n in range(limit - 1):
         soft(100 + n)
     assert status_of(services, "flaky@example.com") == S.BOUNCED
+
+
+def test_a_refusal_at_send_time_takes_the_same_bounce_path(
+    app: Flask, services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    """A recipient-permanent answer (issue 7's failure classes) suppresses like a report."""
+    active_subscriber(services, "gone@gmail.com", clock.now)
+    smtp.refuse["gone@gmail.com"] = (550, "5.1.1 The email account does not exist")
+    deliver(services)
+    assert status_of(services, "gone@gmail.com") == S.BOUNCED
+    with session_scope(services.sessions) as session:
+        (entry,) = session.scalars(select(Suppression))
+        assert entry.mailbox_hash == services.mailbox_keys.hash("gone@gmail.com")
+        (event,) = session.scalars(select(MailEvent))
+        assert (event.source, event.kind, event.template) == ("smtp", "hard_bounce", "step-01")
+    stats = app.test_cli_runner().invoke(args=["stats"]).output
+    assert re.search(r"step-01\s+1\s+0\s+0\s+0", stats), stats
+    # Another spelling of the same mailbox, confirmed before the bounce, gets nothing.
+    other = active_subscriber(services, "g.one+x@gmail.com", clock.now - timedelta(hours=1))
+    deliver(services)
+    assert smtp.to("g.one+x@gmail.com") == []
+    with session_scope(services.sessions) as session:
+        assert session.get_one(Subscriber, other).status == S.UNSUBSCRIBED
+
+
+def test_a_temporary_refusal_at_send_time_suppresses_nobody(
+    services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    active_subscriber(services, "full@example.com", clock.now)
+    smtp.refuse["full@example.com"] = (452, "4.2.2 Mailbox full")
+    deliver(services)
+    assert status_of(services, "full@example.com") == S.ACTIVE
+    with session_scope(services.sessions) as session:
+        assert session.scalars(select(Suppression)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_per_ip_limits_count_ipv6_by_its_64(ip: str, key: str) -> None:
+    assert ratelimit.ip_network_key(ip) == key
+
+
+def visitor(app: Flask, ip: str) -> FlaskClient:
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = ip
+    return client
+
+
+def test_sign_ups_from_one_ipv6_64_share_one_hourly_limit(
+    app: Flask, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wall = SimpleNamespace(now=1_800_000_000.0)
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: wall.now))
+    limit = services.settings.hygiene.signups_per_ip_per_hour
+    for n in range(limit):
+        # A new address in the same /64 for every attempt, as an attacker would rotate.
+        response = visitor(app, f"2001:db8:aa:bb::{n + 1:x}").post(
+            "/api/subscribe", json={"email": f"p{n}@example.com"}
+        )
+        assert response.status_code == 202
+    refused = visitor(app, "2001:db8:aa:bb:ffff::9").post(
+        "/api/subscribe", json={"email": "late@example.com"}
+    )
+    assert refused.status_code == 429
+    # The next /64 is someone else; an hour later the first may sign up again.
+    other = visitor(app, "2001:db8:aa:bc::1")
+    assert other.post("/api/subscribe", json={"email": "next@example.com"}).status_code == 202
+    wall.now += 3600
+    again = visitor(app, "2001:db8:aa:bb::1")
+    assert again.post("/api/subscribe", json={"email": "late@example.com"}).status_code == 202
+
+
+def test_the_per_ip_limit_is_a_setting() -> None:
+    settings = Settings.from_env({"SIGNUPS_PER_IP_PER_HOUR": "5"})
+    assert settings.hygiene.signups_per_ip_per_hour == 5
+    with pytest.raises(ConfigError, match="SIGNUPS_PER_IP_PER_HOUR"):
+        Settings.from_env({"SIGNUPS_PER_IP_PER_HOUR": "0"})

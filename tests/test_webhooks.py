@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -167,15 +168,24 @@ def ses_notification(kind: str, message_id: str, sns_id: str = "sns-1", **extra:
         },
     }
     if kind == "Bounce":
+        bounce_type = extra.get("bounce_type", "Permanent")
+        # As in SES's examples: a permanent bounce for an unknown user, a transient
+        # one for a full mailbox; `answer` overrides the remote server's answer.
+        status, answer = (
+            ("5.1.1", "smtp; 550 5.1.1 user unknown")
+            if bounce_type == "Permanent"
+            else ("5.2.2", "smtp; 552 5.2.2 Mailbox full")
+        )
+        status, answer = extra.get("status", status), extra.get("answer", answer)
         body["bounce"] = {
-            "bounceType": extra.get("bounce_type", "Permanent"),
-            "bounceSubType": "General",
+            "bounceType": bounce_type,
+            "bounceSubType": "General" if bounce_type == "Permanent" else "MailboxFull",
             "bouncedRecipients": [
                 {
                     "emailAddress": RECIPIENT,
                     "action": "failed",
-                    "status": "5.1.1",
-                    "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+                    "status": status,
+                    "diagnosticCode": answer,
                 }
             ],
             "timestamp": "2026-03-02T09:00:05.000Z",
@@ -325,6 +335,34 @@ def test_ses_soft_bounces_suppress_after_several(
     assert (after.status, after.suppressed, after.events) == (S.BOUNCED, 1, limit)
 
 
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [
+        ("5.7.1", "smtp; 550 5.7.1 Message rejected as spam by content filtering"),
+        ("5.7.26", "smtp; 550 5.7.26 Unauthenticated email is not accepted (DMARC)"),
+        ("4.7.0", "smtp; 421 4.7.0 Try again later, closing connection"),
+    ],
+)
+def test_ses_bounce_about_our_sending_bounces_nobody(
+    app: Flask,
+    client: FlaskClient,
+    services: Services,
+    fetcher: FakeFetcher,
+    sent: str,
+    status: str,
+    answer: str,
+) -> None:
+    # SES calls these Permanent too; the status code says they are about us (issue 7's table).
+    notification = ses_notification("Bounce", sent, status=status, answer=answer)
+    response = post_ses(client, sns_signed(notification))
+    assert response.status_code == 200
+    assert "blocked" in response.get_json()["applied"][0]
+    after = state(services)
+    assert (after.status, after.suppressed, after.events) == (S.ACTIVE, 0, 1)
+    stats = app.test_cli_runner().invoke(args=["stats"]).output
+    assert re.search(r"step-01\s+0\s+0\s+0\s+1", stats), stats
+
+
 # --- Postmark ---
 
 
@@ -347,7 +385,9 @@ def postmark_bounce(type_: str = "HardBounce", id_: int = 4323372036854775807) -
         "ServerID": 23,
         "Description": "The server was unable to deliver your message "
         "(ex: unknown user, mailbox not found).",
-        "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+        "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist."
+        if type_ != "SoftBounce"
+        else "smtp;452 4.2.2 The email account that you tried to reach is over quota.",
         "Email": RECIPIENT,
         "From": "course@onward.test",
         "BouncedAt": "2026-03-02T09:00:05Z",
@@ -460,6 +500,13 @@ def mailgun_event(event: str, message_id: str, event_id: str, **extra: Any) -> d
         "delivery-status": {
             "code": 550,
             "message": "5.1.1 user unknown",
+            "description": "",
+            "attempt-no": 1,
+        }
+        if extra.get("severity") != "temporary"
+        else {
+            "code": 452,
+            "message": "4.2.2 The email account that you tried to reach is over quota.",
             "description": "",
             "attempt-no": 1,
         },
@@ -618,8 +665,11 @@ def test_sendgrid_spam_report_and_blocked_bounce(
     client: FlaskClient, services: Services, clock: FakeClock, sent: str
 ) -> None:
     blocked = [sendgrid_event("bounce", sent, "sg-b", type="blocked", reason="blocked by policy")]
-    assert sendgrid_post(client, blocked, clock.now).status_code == 200
-    assert state(services).status == S.ACTIVE  # counted as soft, not yet suppressed
+    response = sendgrid_post(client, blocked, clock.now)
+    assert response.status_code == 200
+    # A block is about our sending, not the address: recorded, nobody bounced.
+    assert "blocked" in response.get_json()["applied"][0]
+    assert (state(services).status, state(services).suppressed) == (S.ACTIVE, 0)
     assert (
         sendgrid_post(client, [sendgrid_event("spamreport", sent, "sg-s")], clock.now).status_code
         == 200

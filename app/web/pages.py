@@ -46,7 +46,8 @@ def within_rate_limit(key: str) -> bool:
         redis = svc.redis
     except ConfigError:
         return True
-    return ratelimit.allow(redis, key, limit=svc.settings.subscribe_rate_limit, window_seconds=600)
+    limit = svc.settings.hygiene.signups_per_ip_per_hour
+    return ratelimit.allow(redis, key, limit=limit, window_seconds=3600)
 
 
 def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
@@ -56,11 +57,14 @@ def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
     """
     svc = services()
     settings = svc.settings
-    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{client_ip()}"):
+    network = ratelimit.ip_network_key(client_ip())
+    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{network}"):
         raise TooManyAttempts()
     try:
         email = drip.normalize_email(
-            email_input, check_deliverability=settings.check_deliverability
+            email_input,
+            check_deliverability=settings.check_deliverability,
+            smtputf8=settings.smtp_utf8,
         )
     except drip.InvalidEmail as error:
         return str(error)

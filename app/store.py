@@ -1,0 +1,327 @@
+"""The ledger and claim SQL: who is claimed by whom until when, and one row per email;
+the suppression list, the confirmation caps and the reports about sent emails.
+
+Dialect differences live here and only here (PostgreSQL `FOR UPDATE SKIP LOCKED`,
+`UPDATE ... RETURNING` on both). The store knows no course rules: which email is
+due and what happens after it are the course's business (app/drip.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.models import (
+    ENDED_STATUSES,
+    ConfirmationCount,
+    Delivery,
+    DeliveryStatus,
+    EmailKind,
+    MailEvent,
+    MailEventKind,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Subscriptions claimed together, and a key naming exactly this due work."""
+
+    ids: list[int]
+    key: str
+
+
+def claim_due(
+    session: Session,
+    *,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    statuses: tuple[SubscriberStatus, ...],
+    ids: list[int] | None = None,
+) -> Claim | None:
+    """Claim up to `limit` subscriptions in `statuses` whose next email is due.
+
+    A claim lasts `lease`: two ticks or two web requests never claim the same
+    subscription at once, and a claim whose job was lost lapses and is taken again.
+    The key depends only on which subscriptions and which due moments were
+    claimed, so claiming the same work again (after a lapse) gives the same key.
+    """
+    due = (
+        select(Subscriber.id)
+        .where(
+            Subscriber.next_send_at <= now,
+            Subscriber.status.in_(statuses),
+            or_(Subscriber.claimed_until.is_(None), Subscriber.claimed_until <= now),
+        )
+        .order_by(Subscriber.next_send_at)
+        .limit(limit)
+    )
+    if ids is not None:
+        due = due.where(Subscriber.id.in_(ids))
+    if session.get_bind().dialect.name == "postgresql":
+        # Concurrent ticks skip each other's rows instead of waiting on them.
+        due = due.with_for_update(skip_locked=True)
+    rows = sorted(
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id.in_(due.scalar_subquery()))
+            .values(claimed_until=now + lease)
+            .returning(Subscriber.id, Subscriber.next_send_at)
+            .execution_options(synchronize_session=False)
+        ).all()
+    )
+    if not rows:
+        return None
+    material = ",".join(f"{row.id}@{row.next_send_at.timestamp():.6f}" for row in rows)
+    return Claim([row.id for row in rows], hashlib.sha256(material.encode()).hexdigest()[:24])
+
+
+def start_claims(session: Session, ids: list[int], *, now: datetime, lease: timedelta) -> list[int]:
+    """Renew the claims a starting job holds, for `lease` from now; return the ids still held.
+
+    A claim that lapsed before the job started is not renewed: that subscription
+    may have been claimed again and queued elsewhere, so this job leaves it alone.
+    """
+    if not ids:
+        return []
+    held = session.scalars(
+        update(Subscriber)
+        .where(Subscriber.id.in_(ids), Subscriber.claimed_until > now)
+        .values(claimed_until=now + lease)
+        .returning(Subscriber.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(held)
+
+
+def release_claims(session: Session, ids: list[int], *, retry_at: datetime | None = None) -> None:
+    """Give claims back; with `retry_at`, their due emails also wait until then."""
+    if not ids:
+        return
+    if retry_at is not None:
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id.in_(ids), Subscriber.next_send_at < retry_at)
+            .values(next_send_at=retry_at)
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.id.in_(ids))
+        .values(claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def lock_subscriber(session: Session, subscriber_id: int) -> Subscriber | None:
+    """The subscription, locked for this transaction; None if it is gone."""
+    return session.get(Subscriber, subscriber_id, with_for_update=True)
+
+
+def ledger_row(
+    session: Session, subscriber_id: int, kind: EmailKind, number: int
+) -> Delivery | None:
+    """The ledger row of one email of one subscription, if it exists."""
+    return session.scalar(
+        select(Delivery).where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.kind == kind,
+            Delivery.number == number,
+        )
+    )
+
+
+def add_ledger_row(session: Session, delivery: Delivery) -> bool:
+    """Insert a new ledger row; False if another worker inserted the same email first."""
+    try:
+        with session.begin_nested():
+            session.add(delivery)
+    except IntegrityError:
+        return False
+    return True
+
+
+def counts(session: Session, *, now: datetime) -> dict[str, int]:
+    """Figures for operators: subscriptions by status, emails by ledger status, due now."""
+    figures = {
+        f"subscribers_{status}": count
+        for status, count in session.execute(
+            select(Subscriber.status, func.count()).group_by(Subscriber.status)
+        )
+    }
+    figures |= {
+        f"emails_{status}": count
+        for status, count in session.execute(
+            select(Delivery.status, func.count()).group_by(Delivery.status)
+        )
+    }
+    figures["emails_sent_last_24h"] = (
+        session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.status == DeliveryStatus.SENT, Delivery.sent_at >= now - timedelta(days=1)
+            )
+        )
+        or 0
+    )
+    figures["due_now"] = (
+        session.scalar(
+            select(func.count()).select_from(Subscriber).where(Subscriber.next_send_at <= now)
+        )
+        or 0
+    )
+    return figures
+
+
+def failed_deliveries(session: Session, *, limit: int = 20) -> list[Delivery]:
+    """The most recent emails given up on, with their errors, for operators."""
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.status == DeliveryStatus.FAILED)
+            .order_by(Delivery.started_at.desc(), Delivery.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def delivery_by_message_id(session: Session, message_id: str | None) -> Delivery | None:
+    """The ledger row of the email with this Message-ID (with or without angle brackets)."""
+    if not message_id:
+        return None
+    bare = message_id.strip().strip("<>")
+    return session.scalar(select(Delivery).where(Delivery.message_id == f"<{bare}>"))
+
+
+def last_sent(session: Session, subscriber_id: int) -> Delivery | None:
+    """The subscription's most recently sent email, if any."""
+    return session.scalar(
+        select(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.sent_at.is_not(None))
+        .order_by(Delivery.sent_at.desc())
+        .limit(1)
+    )
+
+
+def subscriber_by_email(session: Session, email: str) -> Subscriber | None:
+    """The subscription of an address: a live one first, else the most recent."""
+    return session.scalar(
+        select(Subscriber)
+        .where(Subscriber.email == email.strip().lower())
+        .order_by(Subscriber.status.in_(ENDED_STATUSES), Subscriber.id.desc())
+        .limit(1)
+    )
+
+
+def add_mail_event(session: Session, event: MailEvent) -> bool:
+    """Record a report about a sent email; False if the same (source, event id) was recorded."""
+    try:
+        with session.begin_nested():
+            session.add(event)
+    except IntegrityError:
+        return False
+    return True
+
+
+def count_mail_events(
+    session: Session, mailbox_hash: str, kind: MailEventKind, *, since: datetime
+) -> int:
+    """Reports of one kind about one mailbox since `since`."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(MailEvent)
+            .where(
+                MailEvent.mailbox_hash == mailbox_hash,
+                MailEvent.kind == kind,
+                MailEvent.occurred_at > since,
+            )
+        )
+        or 0
+    )
+
+
+def mail_events(
+    session: Session, kinds: tuple[MailEventKind, ...], *, since: datetime
+) -> list[tuple[str | None, str, datetime]]:
+    """(template, kind, when) of every report of these kinds since `since`."""
+    rows = session.execute(
+        select(MailEvent.template, MailEvent.kind, MailEvent.occurred_at).where(
+            MailEvent.kind.in_(kinds), MailEvent.occurred_at >= since
+        )
+    )
+    return [(template, str(kind), occurred) for template, kind, occurred in rows]
+
+
+def sent_since(session: Session, since: datetime) -> int:
+    """Emails the relay accepted since `since`."""
+    return (
+        session.scalar(select(func.count()).select_from(Delivery).where(Delivery.sent_at >= since))
+        or 0
+    )
+
+
+def suppress(
+    session: Session, mailbox_hash: str, reason: SuppressionReason, *, now: datetime
+) -> None:
+    """Put a mailbox on the list (or renew its entry): nothing goes to it until it re-confirms."""
+    entry = session.scalar(select(Suppression).where(Suppression.mailbox_hash == mailbox_hash))
+    if entry is None:
+        try:
+            with session.begin_nested():
+                session.add(
+                    Suppression(mailbox_hash=mailbox_hash, reason=reason, suppressed_at=now)
+                )
+            return
+        except IntegrityError:
+            # Suppressed at the same moment by another report: renew that entry.
+            entry = session.scalars(
+                select(Suppression).where(Suppression.mailbox_hash == mailbox_hash)
+            ).one()
+    entry.reason = reason
+    entry.suppressed_at = max(entry.suppressed_at, now)
+
+
+def suppressed_at(session: Session, mailbox_hash: str) -> datetime | None:
+    """When the mailbox was last suppressed, or None if it is not on the list."""
+    return session.scalar(
+        select(Suppression.suppressed_at).where(Suppression.mailbox_hash == mailbox_hash)
+    )
+
+
+def take_confirmation(session: Session, mailbox_hash: str, *, limit: int, now: datetime) -> bool:
+    """Count one confirmation email to the mailbox today; False (and no count) past `limit`."""
+    day: date = now.date()
+    for _attempt in (1, 2):
+        # One conditional UPDATE, so concurrent workers cannot both take the last one.
+        taken = session.execute(
+            update(ConfirmationCount)
+            .where(
+                ConfirmationCount.mailbox_hash == mailbox_hash,
+                ConfirmationCount.day == day,
+                ConfirmationCount.sent < limit,
+            )
+            .values(sent=ConfirmationCount.sent + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if taken.rowcount:  # type: ignore[attr-defined]
+            return True
+        if session.get(ConfirmationCount, (mailbox_hash, day)) is not None:
+            return False
+        try:
+            with session.begin_nested():
+                session.add(ConfirmationCount(mailbox_hash=mailbox_hash, day=day, sent=1))
+            return True
+        except IntegrityError:
+            continue  # another worker made today's row first: count against it
+    return False
