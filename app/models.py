@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
@@ -147,6 +147,8 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the recipient's mail server reported the email delivered (a provider event).
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="deliveries")
@@ -155,3 +157,77 @@ class Delivery(Base):
     def template(self) -> str:
         """The name of the email template this row sends."""
         return template_name(self.kind, self.number)
+
+
+class SuppressionReason(StrEnum):
+    """Why an address is on the suppression list."""
+
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
+    ERASED = "erased"
+
+
+class Suppression(Base):
+    """An address never mailed again until it signs up and confirms after `suppressed_at`.
+
+    Only a keyed hash of the normalised mailbox is kept, so an erased address stays
+    suppressed without being stored.
+    """
+
+    __tablename__ = "suppression"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[SuppressionReason] = mapped_column(String(16))
+    suppressed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MailEventKind(StrEnum):
+    """What a relay, a DSN or a feedback loop reported about an email after it was sent."""
+
+    DELIVERED = "delivered"
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"
+    COMPLAINT = "complaint"
+    #: Refused for a reason about our sending (spam filter, DMARC, reputation), not the address.
+    BLOCKED = "blocked"
+
+
+class MailEvent(Base):
+    """One report about a sent email, kept once per (source, event id): replays change nothing.
+
+    It outlives an erased subscription (no address, only the mailbox hash), so the
+    figures per step and per day and the soft-bounce count stay right.
+    """
+
+    __tablename__ = "mail_event"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id"),
+        Index("ix_mail_event_mailbox_kind", "mailbox_hash", "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: ses, postmark, mailgun, sendgrid, dsn or arf.
+    source: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[MailEventKind] = mapped_column(String(16))
+    mailbox_hash: Mapped[str | None] = mapped_column(String(64))
+    #: The email it concerns, as a template name (like `step-03`), when known.
+    template: Mapped[str | None] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ConfirmationCount(Base):
+    """Confirmation emails sent to one mailbox (by keyed hash) on one UTC day.
+
+    Kept in the database, not Redis: a lost counter would let a mail-bomb through,
+    and nothing (unsubscribing, erasure) resets it.
+    """
+
+    __tablename__ = "confirmation_count"
+
+    mailbox_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer, default=0)

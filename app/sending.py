@@ -178,11 +178,13 @@ def _send_one(
             session,
             subscriber_id,
             policy=services.policy,
+            keys=services.mailbox_keys,
             domain=services.sender.domain,
             now=now,
         )
     if planned is None:
-        # Paused, ended, not due yet (backoff), sent, being sent elsewhere, or lapsed.
+        # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
+        # or held back by the suppression list or the confirmation cap.
         return Outcome("skipped")
     recipient = Recipient(
         email=planned.email,
@@ -206,7 +208,7 @@ def _send_one(
         to = envelope_address(planned.email)
         if services.send_rate is not None:
             services.send_rate.wait()
-        mailer.send(message, to=to)
+        mailer.send(message, to=to, envelope_from=services.return_path(planned.message_id))
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
@@ -225,7 +227,14 @@ def _failed(
     cls = failure.cls
     if cls == FailureClass.RECIPIENT_PERMANENT:
         with session_scope(services.sessions) as session:
-            drip.fail_delivery(session, planned.delivery_id, error=error, now=now, bounce=True)
+            drip.fail_delivery(
+                session,
+                planned.delivery_id,
+                error=error,
+                now=now,
+                bounce=True,
+                keys=services.mailbox_keys,
+            )
         log.info("subscriber %s bounced: %s", planned.subscriber_id, error)
         return Outcome("bounced")
     if cls in (FailureClass.RECIPIENT_TEMPORARY, FailureClass.OURS):
@@ -313,6 +322,7 @@ def _defer(
             counts=counts,
             bounces=bounces,
             retry_at=retry_at,
+            keys=services.mailbox_keys,
         )
     if retry is None:
         log.warning(

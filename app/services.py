@@ -19,7 +19,9 @@ from app.course import Course, load_course
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
+from app.dsn import verp_address
 from app.emails import EmailCatalog, Recipient, Sender
+from app.mailbox import MailboxKeys
 from app.mailer import SmtpMailer
 from app.sendrate import SendRate
 from app.tokens import Links, LinkSigner
@@ -80,7 +82,15 @@ class Services:
             claim_lease=self.settings.claim_lease,
             send_window=self.settings.send_window,
             default_time_zone=self.settings.default_time_zone,
+            confirmations_per_day=self.settings.hygiene.confirmations_per_day,
+            soft_bounce_limit=self.settings.hygiene.soft_bounce_limit,
+            soft_bounce_window=self.settings.hygiene.soft_bounce_window,
         )
+
+    @cached_property
+    def mailbox_keys(self) -> MailboxKeys:
+        """Keyed hashes of mailboxes, for the suppression list and the caps."""
+        return MailboxKeys(self.settings.secret_key)
 
     @cached_property
     def signer(self) -> LinkSigner:
@@ -136,6 +146,11 @@ class Services:
             links=self.links("sample-subscriber"),
             message_id=f"<sample@{self.sender.domain}>",
         )
+
+    def return_path(self, message_id: str) -> str | None:
+        """The envelope sender (VERP) of the email with `message_id`, if RETURN_PATH is set."""
+        template = self.settings.hygiene.return_path
+        return None if template is None else verp_address(template, message_id)
 
     def links(self, subscriber_key: str) -> Links:
         """The signed links of one subscription."""

@@ -30,7 +30,13 @@ def defer(
     """Record a temporary failure, as a worker does."""
     with session_scope(services.sessions) as session:
         return drip.defer_delivery(
-            session, delivery_id, error=error, now=now, counts=count, bounces=count
+            session,
+            delivery_id,
+            error=error,
+            now=now,
+            counts=count,
+            bounces=count,
+            keys=services.mailbox_keys,
         )
 
 
@@ -114,7 +120,12 @@ def test_signing_up_again_after_unsubscribing_starts_a_new_subscription(
 ) -> None:
     first_id = active_subscriber(services, "ada@example.com", clock.now)
     with session_scope(services.sessions) as session:
-        assert drip.unsubscribe(session, session.get_one(Subscriber, first_id), now=clock.now)
+        assert drip.unsubscribe(
+            session,
+            session.get_one(Subscriber, first_id),
+            keys=services.mailbox_keys,
+            now=clock.now,
+        )
     with session_scope(services.sessions) as session:
         again = sign_up(session, services, "ada@example.com", clock.advance(timedelta(days=1)))
         assert again.outcome == drip.SubscribeOutcome.CREATED
@@ -233,7 +244,12 @@ def test_an_unsubscribe_after_the_claim_stops_the_send(
     with session_scope(services.sessions) as session:
         assert claim(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
     with session_scope(services.sessions) as session:
-        drip.unsubscribe(session, session.get_one(Subscriber, subscriber_id), now=clock.now)
+        drip.unsubscribe(
+            session,
+            session.get_one(Subscriber, subscriber_id),
+            keys=services.mailbox_keys,
+            now=clock.now,
+        )
     assert begin(services, subscriber_id, clock.now) is None
 
 

@@ -27,7 +27,7 @@ def services() -> Services:
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith(("/api/", "/webhooks/"))
 
 
 def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
@@ -38,7 +38,7 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import api, dev, health, links, pages, reading
+    from app.web import api, dev, health, links, pages, reading, webhooks
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
@@ -46,10 +46,12 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(reading.bp)
+    app.register_blueprint(webhooks.bp)
     # Signed links carry their own proof, and the API takes JSON only (which a
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(webhooks.bp)  # relays prove themselves by signature or basic auth
     if app.extensions["onward"].settings.dev_pages:
         app.register_blueprint(dev.bp)
 

@@ -58,8 +58,8 @@ def take_action(action: str, session: Session, subscriber: Subscriber) -> bool:
     if action == "resume":
         return drip.resume(session, subscriber, policy=svc.policy, now=now)
     if action == "unsubscribe":
-        return drip.unsubscribe(session, subscriber, now=now)
-    drip.forget(session, subscriber)
+        return drip.unsubscribe(session, subscriber, keys=svc.mailbox_keys, now=now)
+    drip.forget(session, subscriber, keys=svc.mailbox_keys, now=now)
     return True
 
 
@@ -104,7 +104,7 @@ def unsubscribe(token: str) -> str:
     svc = services()
     with subscriber_from(Purpose.UNSUBSCRIBE, token) as (session, subscriber):
         if request.method == "POST":
-            drip.unsubscribe(session, subscriber, now=svc.clock())
+            drip.unsubscribe(session, subscriber, keys=svc.mailbox_keys, now=svc.clock())
         return render_template(
             "unsubscribe.html",
             subscriber=subscriber,

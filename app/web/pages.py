@@ -39,7 +39,8 @@ def within_rate_limit(key: str) -> bool:
         redis = svc.redis
     except ConfigError:
         return True
-    return ratelimit.allow(redis, key, limit=svc.settings.subscribe_rate_limit, window_seconds=600)
+    limit = svc.settings.hygiene.signups_per_ip_per_hour
+    return ratelimit.allow(redis, key, limit=limit, window_seconds=3600)
 
 
 def sign_up(
@@ -52,7 +53,8 @@ def sign_up(
     """
     svc = services()
     settings = svc.settings
-    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{client_ip()}"):
+    network = ratelimit.ip_network_key(client_ip())
+    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{network}"):
         raise TooManyAttempts()
     try:
         email = drip.normalize_email(
