@@ -207,7 +207,13 @@ def test_every_revision_downgrades_and_upgrades_again(engine: Engine) -> None:
 
 
 def test_a_database_made_before_alembic_is_adopted_with_its_rows(engine: Engine) -> None:
-    Base.metadata.create_all(engine)  # what `init-db` did before Onward used Alembic
+    # What `init-db` did before Onward used Alembic: the tables the first revision makes
+    # (which are the same), with no alembic_version.
+    command.upgrade(
+        alembic_config(engine.url), ScriptDirectory.from_config(alembic_config()).get_base() or ""
+    )
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE alembic_version"))
     with session_scope(make_sessionmaker(engine)) as session:
         session.add(
             models.Subscriber(email="ada@example.com", created_at=datetime(2026, 3, 2, tzinfo=UTC))
