@@ -95,6 +95,9 @@ class Settings:
     dkim_key_file: Path | None = None
     dkim_selector: str = "onward"
     dkim_domain: str | None = None
+    # The operator's console (/admin) and /metrics.
+    admin_session_idle: timedelta = timedelta(minutes=30)
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def production(self) -> bool:
@@ -173,4 +176,7 @@ class Settings:
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,
+            # The operator's console (/admin) and /metrics.
+            admin_session_idle=interval("ADMIN_SESSION_IDLE", "30m"),
+            metrics_token=env.get("METRICS_TOKEN") or None,
         )

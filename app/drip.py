@@ -517,3 +517,16 @@ def fail_delivery(session: Session, delivery_id: int, *, error: str, now: dateti
 def progress(subscriber: Subscriber) -> int:
     """How many course steps the subscriber has received."""
     return min(subscriber.next_step - 1, TOTAL_STEPS)
+
+
+def send_now(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
+    """Make an active subscription's next step due now (an operator's choice).
+
+    Say whether it changed; a claim a worker holds is left alone, so nothing goes twice.
+    """
+    if subscriber.status != S.ACTIVE or subscriber.next_step > TOTAL_STEPS:
+        return False
+    if subscriber.next_send_at is not None and subscriber.next_send_at <= now:
+        return False
+    subscriber.next_send_at = now
+    return True

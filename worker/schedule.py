@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from datetime import timedelta
 from types import FrameType
 
@@ -22,6 +23,7 @@ from app.config import ConfigError
 from app.db import session_scope
 from app.sending import dispatch
 from app.services import Services
+from app.ticks import record_tick
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,10 @@ HOUSEKEEPING_INTERVAL = timedelta(hours=1)
 
 def tick(services: Services) -> int:
     """Queue every email due now; return how many subscriptions were queued."""
-    return dispatch(services, now=services.clock())
+    started = time.monotonic()
+    queued = dispatch(services, now=services.clock())
+    record_tick(services, time.monotonic() - started)
+    return queued
 
 
 def housekeeping(services: Services) -> int:

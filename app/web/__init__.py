@@ -38,13 +38,15 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import api, dev, health, links, pages
+    from app.web import admin, api, dev, health, links, metrics, pages
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(links.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(metrics.bp)
     # Signed links carry their own proof, and the API takes JSON only (which a
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)

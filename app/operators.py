@@ -1,0 +1,129 @@
+"""Console operators: accounts with argon2 password hashes, sign-in sessions, the audit log.
+
+Plain functions over a SQLAlchemy session and an explicit `now`; no Flask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.drip import InvalidEmail, normalize_email
+from app.models import AuditEntry, Operator, OperatorSession
+
+#: Shortest password `flask admin create` accepts.
+MIN_PASSWORD_LENGTH = 12
+
+_hasher = PasswordHasher()
+#: Verified against when the address is unknown, so an unknown address costs the
+#: same argon2 work as a wrong password and the timing tells nothing.
+_UNKNOWN_OPERATOR_HASH = _hasher.hash(secrets.token_urlsafe(24))
+
+
+class OperatorError(ValueError):
+    """An operator account cannot be created; the message says why."""
+
+
+def create_operator(session: Session, email: str, password: str, *, now: datetime) -> Operator:
+    """Add an operator with an argon2 hash of `password`; OperatorError if it cannot be."""
+    try:
+        address = normalize_email(email)
+    except InvalidEmail as error:
+        raise OperatorError(str(error)) from None
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise OperatorError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
+    operator = Operator(email=address, password_hash=_hasher.hash(password), created_at=now)
+    try:
+        with session.begin_nested():
+            session.add(operator)
+    except IntegrityError:
+        raise OperatorError(f"an operator {address} already exists") from None
+    return operator
+
+
+def authenticate(session: Session, email: str, password: str, *, now: datetime) -> Operator | None:
+    """The operator with this address and password, or None; the same work either way."""
+    try:
+        address = normalize_email(email)
+    except InvalidEmail:
+        address = None
+    operator = (
+        session.scalar(select(Operator).where(Operator.email == address)) if address else None
+    )
+    try:
+        _hasher.verify(operator.password_hash if operator else _UNKNOWN_OPERATOR_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if operator is None:
+        return None
+    if _hasher.check_needs_rehash(operator.password_hash):
+        operator.password_hash = _hasher.hash(password)
+    operator.last_login_at = now
+    return operator
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def open_session(session: Session, operator: Operator, *, now: datetime) -> str:
+    """Start a console session for `operator`; return the token for the cookie."""
+    token = secrets.token_urlsafe(32)
+    session.add(
+        OperatorSession(
+            token_hash=_digest(token), operator_id=operator.id, created_at=now, last_seen_at=now
+        )
+    )
+    return token
+
+
+def session_operator(
+    session: Session, token: str, *, idle: timedelta, now: datetime
+) -> Operator | None:
+    """The operator signed in with `token`, if the session exists and was used within `idle`.
+
+    Using the session keeps it alive; an idle one is deleted.
+    """
+    found = session.scalar(
+        select(OperatorSession).where(OperatorSession.token_hash == _digest(token))
+    )
+    if found is None:
+        return None
+    if now - found.last_seen_at > idle:
+        session.delete(found)
+        return None
+    found.last_seen_at = now
+    return found.operator
+
+
+def close_session(session: Session, token: str) -> None:
+    """End the console session with `token` (sign out)."""
+    session.execute(delete(OperatorSession).where(OperatorSession.token_hash == _digest(token)))
+
+
+def record(
+    session: Session,
+    operator: Operator,
+    action: str,
+    *,
+    subscriber_id: int | None,
+    detail: str = "",
+    now: datetime,
+) -> AuditEntry:
+    """Add an audit entry: which operator did what to which subscription, and when."""
+    entry = AuditEntry(
+        at=now,
+        operator_email=operator.email,
+        action=action,
+        subscriber_id=subscriber_id,
+        detail=detail,
+    )
+    session.add(entry)
+    return entry
