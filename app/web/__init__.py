@@ -51,6 +51,8 @@ def init_app(app: Flask) -> None:
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)
     csrf.exempt(api.bp)
+    # The console checks CSRF itself, after its session check (app/web/admin/auth.py).
+    csrf.exempt(admin.bp)
     if app.extensions["onward"].settings.dev_pages:
         app.register_blueprint(dev.bp)
 

@@ -41,9 +41,12 @@ class OnwardCollector(Collector):
         svc = self.services
         with session_scope(svc.sessions) as session:
             statuses = console.status_counts(session)
-            outcomes = dict(
-                session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
-            )
+            outcomes = {
+                str(status): count
+                for status, count in session.execute(
+                    select(Delivery.status, func.count()).group_by(Delivery.status)
+                )
+            }
         by_status = GaugeMetricFamily(
             "onward_subscriptions", "Subscriptions by status.", labels=["status"]
         )

@@ -24,7 +24,7 @@ from app import operators, ratelimit
 from app.config import ConfigError
 from app.db import session_scope
 from app.models import Operator
-from app.web import services
+from app.web import csrf, services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -48,8 +48,13 @@ def current_operator() -> Operator:
 
 @bp.before_request
 def require_session() -> BaseResponse | None:
-    """Send anyone without a live session to the sign-in page; nothing else is served."""
+    """Send anyone without a live session to the sign-in page; nothing else is served.
+
+    Then every POST must carry the form's CSRF token (the blueprint is exempt from the
+    app-wide check only so that this one runs after the session check).
+    """
     if request.endpoint in OPEN_ENDPOINTS:
+        _check_csrf()
         return None
     token = request.cookies.get(COOKIE)
     operator = None
@@ -67,13 +72,25 @@ def require_session() -> BaseResponse | None:
             response.delete_cookie(COOKIE, path=bp.url_prefix)
         return response
     g.operator = operator
+    _check_csrf()
     return None
+
+
+def _check_csrf() -> None:
+    """Refuse a POST without the form's CSRF token (answered 400 by the app's handler)."""
+    if request.method == "POST":
+        csrf.protect()
 
 
 @bp.after_request
 def never_cache(response: Response) -> Response:
-    """Console pages show personal data: no cache keeps them."""
+    """Console pages show personal data: no cache keeps them.
+
+    Their URLs hold no secrets, and the CSRF check over https wants a same-origin
+    Referer: the console sends it to itself, and to no one else.
+    """
     response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
