@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import DEV_SECRET_KEY, ConfigError, Settings
-from app.emails import EmailTemplateError
+from app.db import utcnow
+from app.emails import EmailTemplateError, build_message, render
 from app.logs import configure_logging
 from app.services import Services
 
@@ -39,21 +42,48 @@ def check_production(services: Services) -> None:
         raise ConfigError(f"cannot reach the database at DATABASE_URL: {reason}") from None
 
 
+def check_base_url(base_url: str) -> None:
+    """Raise ConfigError unless BASE_URL is a full http(s) URL that links can be built on."""
+    parts = urlsplit(base_url)
+    if (
+        parts.scheme not in {"http", "https"}
+        or not parts.hostname
+        or any(char.isspace() or char in "<>\"'" for char in base_url)
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(
+            f"BASE_URL must be a full URL like https://course.example.com, got {base_url!r}"
+        )
+
+
+def check_emails(services: Services) -> None:
+    """Raise ConfigError if any email cannot be rendered and built for a sample recipient."""
+    recipient = services.sample_recipient()
+    for name in services.catalog.names:
+        try:
+            rendered = render(services.catalog.get(name), services.sender, recipient)
+            build_message(rendered, services.sender, recipient, now=utcnow()).as_bytes()
+        except Exception as error:  # any failure here would fail every send of this email
+            raise ConfigError(f"email {name} cannot be built: {error!r}") from None
+
+
 def start_process(name: str) -> Services:
     """Settings, logging and services for a sending process, checked before it starts.
 
     Loads what every job needs (the queue, the DKIM key, the compiled emails) at once,
-    so a bad setting stops the process now, not at its first job; raises ConfigError
-    with a one-line reason.
+    and renders every email for a sample recipient, so a bad setting or template
+    stops the process now, not at its first job; raises ConfigError with a one-line reason.
     """
     settings = Settings.from_env()
     configure_logging(settings.log_format, process=name)
     services = Services(settings)
     try:
+        check_base_url(settings.base_url)
         check_production(services)
         services.queue  # noqa: B018
         services.dkim  # noqa: B018
-        services.catalog  # noqa: B018
+        check_emails(services)
     except EmailTemplateError as error:
         services.close()
         raise ConfigError(f"the email templates cannot be compiled: {error}") from None

@@ -9,7 +9,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 
-from app import drip, operators
+from app import operators, store
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
 from app.services import Services
@@ -27,16 +27,28 @@ def init_db_command() -> None:
 @click.command("stats")
 @with_appcontext
 def stats_command() -> None:
-    """Print figures: subscriptions by status, emails by outcome, work due and queued."""
+    """Print figures: subscriptions by status, emails by outcome, work due and queued.
+
+    Then the relay's state, the send rate in force and the emails given up on.
+    """
     services: Services = current_app.extensions["onward"]
     with session_scope(services.sessions) as session:
-        figures = drip.counts(session, now=services.clock())
+        figures: dict[str, object] = dict(store.counts(session, now=services.clock()))
+        failed = [
+            (d.id, d.subscriber_id, d.template, d.error or "")
+            for d in store.failed_deliveries(session)
+        ]
     try:
         figures["jobs_queued"] = services.queue.count
+        figures["relay"] = services.breaker.state().describe()
+        rate = services.send_rate
+        figures["send_rate"] = "unlimited" if rate is None else f"{rate.rate} x {rate.factor():.3g}"
     except (RedisError, ConfigError) as error:
-        click.echo(f"(queue unavailable: {error})", err=True)
+        click.echo(f"(Redis unavailable: {error})", err=True)
     for name in sorted(figures):
         click.echo(f"{name:28s} {figures[name]}")
+    for delivery_id, subscriber_id, template, reason in failed:
+        click.echo(f"failed email {delivery_id}: subscriber {subscriber_id} {template}: {reason}")
 
 
 @click.command("dkim-dns")

@@ -99,6 +99,12 @@ class Settings:
     admin_session_idle: timedelta = timedelta(minutes=30)
     metrics_token: str | None = field(default=None, repr=False)
 
+    # --- Delivery safety: the global send rate and SMTPUTF8 (README, Configuration) ---
+    #: SEND_RATE: emails per period for all workers together; None: unlimited.
+    send_rate: Rate | None = None
+    #: SMTP_UTF8: the relay carries addresses with non-ASCII local parts (SMTPUTF8).
+    smtp_utf8: bool = False
+
     @property
     def production(self) -> bool:
         """Whether ONWARD_ENV=production: the startup checks refuse unsafe settings."""
@@ -152,6 +158,7 @@ class Settings:
         smtp_url = env.get("SMTP_URL") or None
         if smtp_url:
             SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
+        send_rate, smtp_utf8 = delivery_settings(env)
         return cls(
             base_url=env.get("BASE_URL", f"http://127.0.0.1:{port}").rstrip("/"),
             secret_key=env.get("SECRET_KEY", defaults.secret_key),
@@ -179,4 +186,48 @@ class Settings:
             # The operator's console (/admin) and /metrics.
             admin_session_idle=interval("ADMIN_SESSION_IDLE", "30m"),
             metrics_token=env.get("METRICS_TOKEN") or None,
+            send_rate=send_rate,
+            smtp_utf8=smtp_utf8,
         )
+
+
+# --- Delivery safety settings: SEND_RATE and SMTP_UTF8 ---
+
+_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smhd])\s*$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A number of emails per period, like 14/s or 50000/h."""
+
+    count: float
+    period: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two emails at this rate."""
+        return self.period / self.count
+
+    def __str__(self) -> str:
+        unit = {seconds: name for name, seconds in _RATE_PERIODS.items()}[self.period]
+        return f"{self.count:g}/{unit}"
+
+
+def parse_rate(text: str) -> Rate:
+    """Read `14/s`, `600/m`, `50000/h` or `100000/d`; ConfigError if it is not one."""
+    match = _RATE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(
+            f"SEND_RATE must be a number of emails per s, m, h or d, like 14/s, got {text!r}"
+        )
+    return Rate(float(match.group(1)), _RATE_PERIODS[match.group(2)])
+
+
+def delivery_settings(env: Mapping[str, str]) -> tuple[Rate | None, bool]:
+    """SEND_RATE (unset: unlimited) and SMTP_UTF8 (default false) from the environment."""
+    send_rate = env.get("SEND_RATE", "").strip()
+    smtp_utf8 = env.get("SMTP_UTF8", "false").strip().lower()
+    if smtp_utf8 not in {"1", "true", "yes", "0", "false", "no"}:
+        raise ConfigError(f"SMTP_UTF8 must be true or false, got {smtp_utf8!r}")
+    return (parse_rate(send_rate) if send_rate else None), smtp_utf8 in {"1", "true", "yes"}

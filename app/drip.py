@@ -13,10 +13,11 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import store
 from app.models import (
     ENDED_STATUSES,
     TOTAL_STEPS,
@@ -50,8 +51,11 @@ TRANSITIONS: dict[str, dict[SubscriberStatus, SubscriberStatus]] = {
 FORGET_UNCONFIRMED_AFTER = timedelta(days=30)
 #: A pending address gets at most this many confirmation emails.
 MAX_CONFIRMATIONS = 5
-#: Temporary failures for one recipient before the address counts as bounced.
-MAX_RECIPIENT_FAILURES = 8
+#: Failures of one email that count (the recipient's, or the email's own) before
+#: it is given up: marked failed, and the address bounced if the failure says so.
+MAX_ATTEMPTS = 8
+#: Statuses whose due email may be claimed and sent.
+SENDABLE = (S.PENDING, S.ACTIVE)
 #: Delays between retries after a temporary failure (the last repeats).
 RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 5, 15, 30, 60))
 
@@ -104,13 +108,22 @@ class PlannedEmail:
         return template_name(self.kind, self.number)
 
 
-def normalize_email(raw: str, *, check_deliverability: bool = False) -> str:
-    """The canonical form of an address, or InvalidEmail with a message for the subscriber."""
+def normalize_email(raw: str, *, check_deliverability: bool = False, smtputf8: bool = False) -> str:
+    """The canonical form of an address, or InvalidEmail with a message for the subscriber.
+
+    Without `smtputf8` (the relay cannot carry them) an address with letters
+    beyond ASCII before the @ is refused; a non-ASCII domain is always fine.
+    """
     candidate = (raw or "").strip()
     if not candidate:
         raise InvalidEmail("Please enter your email address.")
     if len(candidate) > 254:
         raise InvalidEmail("That email address is too long.")
+    if not smtputf8 and not candidate.rpartition("@")[0].isascii():
+        raise InvalidEmail(
+            "We can't send to an address with accented or non-Latin letters before the @ "
+            "yet. Please use another address."
+        )
     try:
         address = validate_email(candidate, check_deliverability=check_deliverability).normalized
     except EmailNotValidError as error:
@@ -277,93 +290,11 @@ def forget_unconfirmed(session: Session, *, now: datetime) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def counts(session: Session, *, now: datetime) -> dict[str, int]:
-    """Figures for operators: subscriptions by status, emails by ledger status, due now."""
-    figures = {
-        f"subscribers_{status}": count
-        for status, count in session.execute(
-            select(Subscriber.status, func.count()).group_by(Subscriber.status)
-        )
-    }
-    figures |= {
-        f"emails_{status}": count
-        for status, count in session.execute(
-            select(Delivery.status, func.count()).group_by(Delivery.status)
-        )
-    }
-    figures["emails_sent_last_24h"] = (
-        session.scalar(
-            select(func.count())
-            .select_from(Delivery)
-            .where(
-                Delivery.status == DeliveryStatus.SENT, Delivery.sent_at >= now - timedelta(days=1)
-            )
-        )
-        or 0
-    )
-    figures["due_now"] = (
-        session.scalar(
-            select(func.count()).select_from(Subscriber).where(Subscriber.next_send_at <= now)
-        )
-        or 0
-    )
-    return figures
-
-
 def _end(subscriber: Subscriber, now: datetime) -> None:
     subscriber.ended_at = now
     subscriber.next_send_at = None
     subscriber.claimed_until = None
     subscriber.paused_at = None
-
-
-def claim_due(
-    session: Session,
-    *,
-    now: datetime,
-    lease: timedelta,
-    limit: int,
-    ids: list[int] | None = None,
-) -> list[int]:
-    """Claim up to `limit` subscriptions whose next email is due; return their ids.
-
-    A claim lasts `lease`: two ticks or two web requests never claim the same
-    subscription at once, and a claim whose job was lost lapses and is taken again.
-    """
-    due = (
-        select(Subscriber.id)
-        .where(
-            Subscriber.next_send_at <= now,
-            Subscriber.status.in_((S.PENDING, S.ACTIVE)),
-            or_(Subscriber.claimed_until.is_(None), Subscriber.claimed_until <= now),
-        )
-        .order_by(Subscriber.next_send_at)
-        .limit(limit)
-    )
-    if ids is not None:
-        due = due.where(Subscriber.id.in_(ids))
-    if session.get_bind().dialect.name == "postgresql":
-        # Concurrent ticks skip each other's rows instead of waiting on them.
-        due = due.with_for_update(skip_locked=True)
-    claimed = session.scalars(
-        update(Subscriber)
-        .where(Subscriber.id.in_(due.scalar_subquery()))
-        .values(claimed_until=now + lease)
-        .returning(Subscriber.id)
-        .execution_options(synchronize_session=False)
-    )
-    return sorted(claimed)
-
-
-def release_claims(session: Session, ids: list[int], *, retry_at: datetime | None = None) -> None:
-    """Give claims back (for example when the queue could not take the job)."""
-    if ids:
-        session.execute(
-            update(Subscriber)
-            .where(Subscriber.id.in_(ids))
-            .values(claimed_until=retry_at)
-            .execution_options(synchronize_session=False)
-        )
 
 
 def message_id_for(subscriber_key: str, kind: EmailKind, number: int, domain: str) -> str:
@@ -392,20 +323,18 @@ def begin_delivery(
     or it was sent, this returns None. A row left `sending` longer than the claim
     lease (a crashed worker) is taken over and sent again with the same Message-ID.
     """
-    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    subscriber = store.lock_subscriber(session, subscriber_id)
     if subscriber is None or subscriber.next_send_at is None or subscriber.next_send_at > now:
+        # Gone, or not due yet: a retry's backoff holds whichever job runs it.
+        return None
+    if subscriber.claimed_until is None or subscriber.claimed_until <= now:
+        # This job's claim lapsed: the subscription may be queued elsewhere by now.
         return None
     due = due_email(subscriber)
     if due is None:
         return None
     kind, number = due
-    delivery = session.scalar(
-        select(Delivery).where(
-            Delivery.subscriber_id == subscriber.id,
-            Delivery.kind == kind,
-            Delivery.number == number,
-        )
-    )
+    delivery = store.ledger_row(session, subscriber.id, kind, number)
     if delivery is None:
         delivery = Delivery(
             subscriber_id=subscriber.id,
@@ -415,10 +344,7 @@ def begin_delivery(
             status=DeliveryStatus.SENDING,
             started_at=now,
         )
-        try:
-            with session.begin_nested():
-                session.add(delivery)
-        except IntegrityError:
+        if not store.add_ledger_row(session, delivery):
             return None
     elif delivery.status == DeliveryStatus.SENT:
         # Sent, but the subscription was not moved on (it cannot happen through
@@ -479,39 +405,54 @@ def defer_delivery(
     *,
     error: str,
     now: datetime,
-    count_against_recipient: bool,
+    counts: bool,
+    bounces: bool = False,
+    retry_at: datetime | None = None,
 ) -> datetime | None:
-    """A temporary failure: retry later with backoff. Return when, or None if given up.
+    """This email failed for now: it waits, then is tried again. Return when, or None if given up.
 
-    Failures of the relay itself (down, unreachable) do not count against the
-    recipient; repeated temporary refusals of one recipient end in a bounce.
+    A failure that `counts` (the recipient's, or the email's own) moves the email
+    towards MAX_ATTEMPTS, with growing backoff; then it is given up, bouncing the
+    address only if `bounces`. Other failures (the relay, our sender) wait until
+    `retry_at` and never count. The wait is the subscription's `next_send_at`,
+    so every job that might run the retry respects it.
     """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.DEFERRED
     delivery.error = error
     subscriber.last_error = error
-    if count_against_recipient:
+    if counts:
         subscriber.send_failures += 1
-        if subscriber.send_failures >= MAX_RECIPIENT_FAILURES:
-            fail_delivery(session, delivery_id, error=error, now=now)
+        if subscriber.send_failures >= MAX_ATTEMPTS:
+            fail_delivery(session, delivery_id, error=error, now=now, bounce=bounces)
             return None
-    delay = RETRY_DELAYS[min(delivery.attempts, len(RETRY_DELAYS)) - 1]
-    subscriber.claimed_until = now + delay
-    return subscriber.claimed_until
+    if retry_at is None:
+        failures = max(subscriber.send_failures, 1)
+        retry_at = now + RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1]
+    subscriber.next_send_at = retry_at
+    subscriber.claimed_until = None
+    return retry_at
 
 
-def fail_delivery(session: Session, delivery_id: int, *, error: str, now: datetime) -> None:
-    """A permanent refusal of the recipient: the address bounced and its course stops."""
+def fail_delivery(
+    session: Session, delivery_id: int, *, error: str, now: datetime, bounce: bool
+) -> None:
+    """Give an email up: it is marked failed for the operator to see.
+
+    With `bounce` the address bounced and its course ends; otherwise the
+    subscription is held (nothing more is sent) until it is resumed or ends.
+    """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
     delivery.error = error
     subscriber.last_error = error
-    if _move(subscriber, "bounce"):
+    subscriber.claimed_until = None
+    if bounce and _move(subscriber, "bounce"):
         _end(subscriber, now)
-    else:
-        subscriber.claimed_until = None
+    elif not bounce:
+        subscriber.next_send_at = None
 
 
 def progress(subscriber: Subscriber) -> int:

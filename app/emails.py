@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from html.parser import HTMLParser
 from pathlib import Path
 
+import idna
 import mrml
 from jinja2 import Environment, StrictUndefined, Template
 
@@ -24,6 +25,10 @@ _INCLUDE = re.compile(r'<mj-include\s+path="([^"]+)"\s*/>')
 #: Tags after which the plain-text part starts a new paragraph.
 _BLOCK_TAGS = {"p", "div", "h1", "h2", "h3", "table", "tr", "ul", "ol"}
 _SKIP_TAGS = {"style", "script", "head", "title"}
+#: A display name made only of these goes out as it is; any other is encoded.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9' -]*")
+#: UTF-8 bytes per encoded word: 45 bytes are 60 base64 characters, under RFC 2047's 75.
+_WORD_BYTES = 45
 
 
 class EmailTemplateError(RuntimeError):
@@ -205,6 +210,44 @@ def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> Render
     )
 
 
+def envelope_address(address: str) -> str:
+    """The address as it goes on the wire: the domain in IDNA (punycode), the local part kept.
+
+    Raises UnicodeError if the domain cannot be encoded.
+    """
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+
+
+def format_to(name: str, address: str) -> str:
+    """A To value that names `address` and only it, whatever the name holds.
+
+    A plain name goes out as it is; any other is RFC 2047-encoded as a whole,
+    so quotes, commas, angle brackets and encoded-word look-alikes stay text.
+    """
+    if any(char in address for char in '\r\n<>,"') or " " in address:
+        raise ValueError(f"unsafe recipient address: {address!r}")
+    name = " ".join(name.split())
+    if not name:
+        return address
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{name} <{address}>"
+    words: list[str] = []
+    chunk = ""
+    for char in name:
+        if len((chunk + char).encode()) > _WORD_BYTES:
+            words.append(chunk)
+            chunk = ""
+        chunk += char
+    words.append(chunk)
+    encoded = "\n ".join(
+        f"=?utf-8?b?{base64.b64encode(word.encode()).decode('ascii')}?=" for word in words
+    )
+    return f"{encoded} <{address}>"
+
+
 def build_message(
     rendered: RenderedEmail, sender: Sender, recipient: Recipient, *, now: datetime
 ) -> EmailMessage:
@@ -212,13 +255,16 @@ def build_message(
     message = EmailMessage(policy=MESSAGE_POLICY)
     message["Subject"] = rendered.subject
     message["From"] = sender.mail_from
-    message["To"] = Address(display_name=recipient.first_name, addr_spec=recipient.email)
+    # Written by hand: the stdlib decodes an encoded word found inside a display
+    # name and writes it out raw, so a name could add or hide recipients.
+    message.set_raw("To", format_to(recipient.first_name, envelope_address(recipient.email)))
     message["Date"] = format_datetime(now)
     message["Message-ID"] = recipient.message_id
     message["List-Id"] = f"10 steps to recover from job rejection <course.{sender.domain}>"
     unsubscribe_url = recipient.links.unsubscribe_url
     if any(char in unsubscribe_url for char in "\r\n <>"):
-        raise ValueError(f"unsafe unsubscribe URL: {unsubscribe_url!r}")
+        # A setting (BASE_URL), not the recipient: the same for every email.
+        raise EmailTemplateError(f"unsafe unsubscribe URL (check BASE_URL): {unsubscribe_url!r}")
     # A header object would fold this long URL into RFC 2047 encoded words, which
     # mailbox providers do not decode: the raw value goes out on one line instead.
     message.set_raw("List-Unsubscribe", f"<{unsubscribe_url}>")

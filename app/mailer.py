@@ -5,30 +5,43 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
+from email import policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 from types import TracebackType
 
 from app.config import SmtpSettings
 from app.dkim import DkimSigner
+from app.failures import FailureClass, Rule, Stage, classify
 
 log = logging.getLogger(__name__)
 
 
-class DeliveryError(Exception):
-    """An email was not accepted by the relay."""
+class DeliveryFailure(Exception):
+    """An email was not delivered; `rule` says which failure class and why."""
+
+    def __init__(self, detail: str, rule: Rule) -> None:
+        super().__init__(detail)
+        self.rule = rule
+
+    @property
+    def cls(self) -> FailureClass:
+        """The failure class (who is affected)."""
+        return self.rule.cls
 
 
-class TemporaryFailure(DeliveryError):
-    """The relay refused this email for now (4xx): try again later."""
+def _failure(stage: Stage, code: int, reason: bytes | str, what: str) -> DeliveryFailure:
+    text = reason.decode(errors="replace") if isinstance(reason, bytes) else reason
+    detail = f"{what}: {code} {text}".strip()
+    return DeliveryFailure(detail, classify(stage, code, text))
 
 
-class PermanentFailure(DeliveryError):
-    """The relay refused this recipient for good (5xx): the address bounced."""
+def _ours(detail: str) -> DeliveryFailure:
+    return DeliveryFailure(detail, Rule(FailureClass.OURS, why="we could not encode the email"))
 
 
-class RelayUnavailable(TemporaryFailure):
-    """The relay could not be reached or dropped the connection: nothing is wrong with the email."""
+def _relay(detail: str) -> DeliveryFailure:
+    return DeliveryFailure(detail, Rule(FailureClass.RELAY, why="the relay cannot be reached"))
 
 
 class SmtpMailer:
@@ -75,46 +88,75 @@ class SmtpMailer:
         except (OSError, smtplib.SMTPException) as error:
             if connection is not None:
                 connection.close()
-            if isinstance(error, smtplib.SMTPAuthenticationError):
-                raise RelayUnavailable(f"SMTP login refused by {settings.host}: {error}") from error
-            raise RelayUnavailable(
-                f"cannot reach SMTP relay {settings.host}:{settings.port}: {error}"
-            ) from error
+            where = f"SMTP relay {settings.host}:{settings.port}"
+            if isinstance(error, smtplib.SMTPResponseException):
+                raise _failure(Stage.CONNECT, error.smtp_code, error.smtp_error, where) from error
+            raise _relay(f"cannot reach {where}: {error}") from error
         return connection
 
-    def send(self, message: EmailMessage) -> None:
-        """Hand one message to the relay; raise a DeliveryError subclass if it is refused."""
+    def send(self, message: EmailMessage, *, to: str) -> None:
+        """Hand one message for the envelope address `to` to the relay.
+
+        Raises DeliveryFailure, classified by SMTP stage and status code, if it
+        is not accepted. A non-ASCII address goes out with SMTPUTF8, which the
+        relay must offer.
+        """
         sender = parseaddr(str(message["From"]))[1]
-        recipient = parseaddr(str(message["To"]))[1]
-        # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
-        payload = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
-        if self._signer is not None:
-            payload = self._signer.sign(payload)
+        utf8 = not to.isascii() or not sender.isascii()
+        options = ["SMTPUTF8"] if utf8 else []
+        try:
+            # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
+            wire = message.policy.clone(linesep="\r\n")
+            if utf8:
+                wire = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
+            payload = message.as_bytes(policy=wire)
+            if self._signer is not None:
+                payload = self._signer.sign(payload)
+        except (UnicodeError, ValueError) as error:
+            raise _ours(f"cannot encode the message: {error!r}") from error
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = self._connect()
             try:
-                self._connection.sendmail(sender, [recipient], payload)
+                self._connection.sendmail(sender, [to], payload, mail_options=options)
                 return
             except smtplib.SMTPRecipientsRefused as error:
-                code, reason = error.recipients[recipient]
-                raise _refusal(code, reason) from error
+                code, reason = next(iter(error.recipients.values()))
+                self._drop_after(code)
+                raise _failure(Stage.RCPT, code, reason, f"recipient {to} refused") from error
             except smtplib.SMTPSenderRefused as error:
-                # Our own From address was refused: a setting to fix, not the recipient's fault.
-                raise RelayUnavailable(
-                    f"relay refused sender {sender}: {error.smtp_code} {error.smtp_error!r}"
+                self._drop_after(error.smtp_code)
+                raise _failure(
+                    Stage.MAIL, error.smtp_code, error.smtp_error, f"sender {sender} refused"
                 ) from error
             except smtplib.SMTPDataError as error:
-                raise _refusal(error.smtp_code, error.smtp_error) from error
+                self._drop_after(error.smtp_code)
+                raise _failure(
+                    Stage.DATA, error.smtp_code, error.smtp_error, "message refused"
+                ) from error
+            except smtplib.SMTPNotSupportedError as error:
+                raise _ours(f"the relay does not offer SMTPUTF8, needed for {to!r}") from error
+            except UnicodeError as error:
+                raise _ours(f"cannot encode the envelope for {to!r}: {error!r}") from error
             except (smtplib.SMTPServerDisconnected, OSError) as error:
                 # A reused connection may have been closed by the relay while idle:
                 # reconnect once before calling the relay unavailable.
                 self._drop()
                 if attempt == 2:
-                    raise RelayUnavailable(f"SMTP connection lost: {error}") from error
+                    raise _relay(f"SMTP connection lost: {error}") from error
+            except smtplib.SMTPResponseException as error:
+                self._drop()
+                raise _failure(
+                    Stage.CONNECT, error.smtp_code, error.smtp_error, "SMTP error"
+                ) from error
             except smtplib.SMTPException as error:
                 self._drop()
-                raise TemporaryFailure(f"SMTP error: {error}") from error
+                raise _relay(f"SMTP error: {error}") from error
+
+    def _drop_after(self, code: int) -> None:
+        # 421 means the relay is closing the connection (smtplib has closed it).
+        if code == 421:
+            self._drop()
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
@@ -133,11 +175,3 @@ class SmtpMailer:
             connection.quit()
         except (OSError, smtplib.SMTPException):
             connection.close()
-
-
-def _refusal(code: int, reason: bytes | str) -> DeliveryError:
-    text = reason.decode(errors="replace") if isinstance(reason, bytes) else reason
-    detail = f"{code} {text}".strip()
-    if 400 <= code < 500:
-        return TemporaryFailure(detail)
-    return PermanentFailure(detail)

@@ -1,21 +1,30 @@
-"""Turning due emails into queued batches, and batches into sent, recorded emails."""
+"""Turning due emails into queued batches, and batches into sent, recorded emails.
+
+Sending owns what can go wrong on the way out: the lease a batch holds, the
+failure class of every answer (app/failures.py), the relay breaker (app/breaker.py)
+and the global send rate (app/sendrate.py). Whatever goes wrong with one email
+stays with that email; the batch goes on.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from jinja2 import TemplateError
 from redis.exceptions import RedisError
+from rq.job import JobStatus
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import drip
+from app import drip, store
+from app.breaker import Gate
 from app.db import session_scope
-from app.emails import EmailTemplateError, Recipient, build_message, render
-from app.mailer import PermanentFailure, RelayUnavailable, TemporaryFailure
+from app.emails import EmailTemplateError, Recipient, build_message, envelope_address, render
+from app.failures import FailureClass
+from app.mailer import DeliveryFailure, SmtpMailer
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -27,6 +36,13 @@ JOB_FAILURE_TTL = 7 * 24 * 3600
 #: A batch job is stopped after this long; well inside the claim lease, so a
 #: stopped job's subscriptions are not claimed again while it still runs.
 JOB_TIMEOUT = 300
+#: A batch hands back what it has not sent after this share of JOB_TIMEOUT and of
+#: the lease (a slow SEND_RATE), so it ends well before either runs out.
+BATCH_TIME_SHARE = 0.5
+#: Job states in which a job with the same id will still run: queuing it again is a no-op.
+_WILL_RUN = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+#: How long "this template is broken" is remembered, so it is logged once, not per email.
+BROKEN_TEMPLATE_REPORT_TTL = 3600
 
 
 @dataclass
@@ -36,18 +52,21 @@ class BatchReport:
     counts: Counter[str] = field(default_factory=Counter)
 
     def add(self, outcome: str, count: int = 1) -> None:
-        """Count `count` subscribers with this outcome."""
-        self.counts[outcome] += count
+        """Count `count` subscribers with this outcome (nothing if `count` is 0)."""
+        if count:
+            self.counts[outcome] += count
 
     def as_dict(self) -> dict[str, int]:
         """The counts, for job results and logs."""
         return dict(self.counts)
 
 
-def batch_job_id(subscriber_ids: list[int], claimed_at: datetime) -> str:
-    """A job id that is the same whenever the same claim is enqueued again."""
-    material = f"{claimed_at.isoformat()}:{','.join(map(str, subscriber_ids))}"
-    return "send-" + hashlib.sha256(material.encode()).hexdigest()[:24]
+def batch_job_id(claim: store.Claim) -> str:
+    """The job id of a claim: the same whenever the same due work is claimed again.
+
+    rq 3 accepts only letters, digits, `_` and `-` in job ids.
+    """
+    return f"send-{claim.key}"
 
 
 def dispatch(services: Services, *, now: datetime, ids: list[int] | None = None) -> int:
@@ -56,104 +75,199 @@ def dispatch(services: Services, *, now: datetime, ids: list[int] | None = None)
     `ids` limits the claim to those subscriptions (the web app uses it to send a
     confirmation at once). Claims whose job cannot be queued are given back, so
     the next tick tries again: Redis holds nothing the database cannot rebuild.
+    A claim that lapsed while its job still waits in the queue is claimed again
+    with the same job id, and the waiting job is not queued twice.
     """
     settings = services.settings
     queued = 0
     while True:
         with session_scope(services.sessions) as session:
-            claimed = drip.claim_due(
+            claim = store.claim_due(
                 session,
                 now=now,
                 lease=settings.claim_lease,
                 limit=settings.batch_size,
+                statuses=drip.SENDABLE,
                 ids=ids,
             )
-        if not claimed:
+        if claim is None:
             return queued
         try:
-            services.queue.enqueue(
-                SEND_BATCH_JOB,
-                claimed,
-                job_id=batch_job_id(claimed, now),
-                job_timeout=JOB_TIMEOUT,
-                result_ttl=JOB_RESULT_TTL,
-                failure_ttl=JOB_FAILURE_TTL,
-                description=f"send {len(claimed)} due emails",
-            )
+            _enqueue(services, claim)
         except RedisError:
             with session_scope(services.sessions) as session:
-                drip.release_claims(session, claimed)
+                store.release_claims(session, claim.ids)
             raise
-        queued += len(claimed)
-        if ids is not None or len(claimed) < settings.batch_size:
+        queued += len(claim.ids)
+        if ids is not None or len(claim.ids) < settings.batch_size:
             return queued
+
+
+def _enqueue(services: Services, claim: store.Claim) -> None:
+    job_id = batch_job_id(claim)
+    queue = services.queue
+    existing = queue.fetch_job(job_id)
+    if existing is not None:
+        if existing.get_status(refresh=False) in _WILL_RUN:
+            return
+        existing.delete()
+    queue.enqueue(
+        SEND_BATCH_JOB,
+        claim.ids,
+        job_id=job_id,
+        job_timeout=JOB_TIMEOUT,
+        result_ttl=JOB_RESULT_TTL,
+        failure_ttl=JOB_FAILURE_TTL,
+        description=f"send {len(claim.ids)} due emails",
+    )
 
 
 def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
     """Send each listed subscription its due email over one SMTP connection.
 
-    Each email is written to the ledger before it is handed to the relay and
-    marked sent right after, so a retry or a second worker never sends it twice.
+    The batch's claims are renewed when it starts; a subscription whose claim
+    lapsed before then is left alone (it may be queued elsewhere). Each email is
+    written to the ledger before it is handed to the relay and marked sent right
+    after, so a retry or a second worker never sends it twice.
     """
     report = BatchReport()
-    pending = list(subscriber_ids)
+    settings = services.settings
+    with session_scope(services.sessions) as session:
+        held = store.start_claims(
+            session, subscriber_ids, now=services.clock(), lease=settings.claim_lease
+        )
+    report.add("lapsed", len(subscriber_ids) - len(held))
+    budget = min(JOB_TIMEOUT, settings.claim_lease.total_seconds()) * BATCH_TIME_SHARE
+    deadline = time.monotonic() + budget
+    pending = list(held)
     with services.mailer() as mailer:
         while pending:
-            subscriber_id = pending.pop(0)
             now = services.clock()
-            with session_scope(services.sessions) as session:
-                planned = drip.begin_delivery(
-                    session,
-                    subscriber_id,
-                    policy=services.policy,
-                    domain=services.sender.domain,
-                    now=now,
-                )
-            if planned is None:
-                # Paused, unsubscribed, already sent or being sent elsewhere.
-                report.add("skipped")
-                continue
-            recipient = Recipient(
-                email=planned.email,
-                first_name=planned.first_name,
-                links=services.links(planned.subscriber_key),
-                message_id=planned.message_id,
-            )
-            try:
-                rendered = render(
-                    services.catalog.get(planned.template), services.sender, recipient
-                )
-                message = build_message(rendered, services.sender, recipient, now=now)
-            except (ValueError, TemplateError, EmailTemplateError) as error:
-                # One email that cannot be built must not hold up the batch; it is
-                # retried with backoff (a fixed template goes out on the next try).
-                log.exception("cannot build email for delivery %s", planned.delivery_id)
-                _record_deferral(services, planned, repr(error), now, against_recipient=True)
-                report.add("deferred")
-                continue
-            try:
-                mailer.send(message)
-            except RelayUnavailable as error:
-                _record_deferral(services, planned, str(error), now, against_recipient=False)
-                retry_at = now + drip.RETRY_DELAYS[0]
-                with session_scope(services.sessions) as session:
-                    drip.release_claims(session, pending, retry_at=retry_at)
-                log.warning("SMTP relay unavailable, %d emails wait: %s", len(pending) + 1, error)
-                report.add("deferred", 1 + len(pending))
+            gate = services.breaker.gate(now)
+            if gate == Gate.WAIT or time.monotonic() > deadline:
+                retry_at = services.breaker.state().until if gate == Gate.WAIT else None
+                _hand_back(services, pending, retry_at)
+                report.add("waiting", len(pending))
                 break
-            except TemporaryFailure as error:
-                _record_deferral(services, planned, str(error), now, against_recipient=True)
-                report.add("deferred")
-                continue
-            except PermanentFailure as error:
-                with session_scope(services.sessions) as session:
-                    drip.fail_delivery(session, planned.delivery_id, error=str(error), now=now)
-                log.info("subscriber %s bounced: %s", planned.subscriber_id, error)
-                report.add("bounced")
-                continue
-            _record_sent(services, planned.delivery_id, now)
-            report.add("sent")
+            subscriber_id = pending.pop(0)
+            outcome = _send_one(services, mailer, subscriber_id, now, probe=gate == Gate.PROBE)
+            report.add(outcome.name)
+            if outcome.stop:
+                _hand_back(services, pending, outcome.retry_at)
+                report.add("waiting", len(pending))
+                break
     return report
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one email, and whether the rest of the batch must wait."""
+
+    name: str
+    stop: bool = False
+    retry_at: datetime | None = None
+
+
+def _send_one(
+    services: Services, mailer: SmtpMailer, subscriber_id: int, now: datetime, *, probe: bool
+) -> Outcome:
+    """Send one subscription its due email; whatever goes wrong stays with this email."""
+    with session_scope(services.sessions) as session:
+        planned = drip.begin_delivery(
+            session,
+            subscriber_id,
+            policy=services.policy,
+            domain=services.sender.domain,
+            now=now,
+        )
+    if planned is None:
+        # Paused, ended, not due yet (backoff), sent, being sent elsewhere, or lapsed.
+        return Outcome("skipped")
+    recipient = Recipient(
+        email=planned.email,
+        first_name=planned.first_name,
+        links=services.links(planned.subscriber_key),
+        message_id=planned.message_id,
+    )
+    try:
+        rendered = render(services.catalog.get(planned.template), services.sender, recipient)
+        message = build_message(rendered, services.sender, recipient, now=now)
+    except (TemplateError, EmailTemplateError) as error:
+        # Our template or settings: never the subscriber's fault. The step waits
+        # (without counting) until the template is fixed; reported once per template.
+        _report_broken_template(services, planned.template, error)
+        _defer(services, planned, f"template {planned.template}: {error!r}", now, counts=False)
+        return Outcome("deferred")
+    except Exception as error:  # one poison email must not stop the batch
+        return _poison(services, planned, error, now)
+    try:
+        to = envelope_address(planned.email)
+        if services.send_rate is not None:
+            services.send_rate.wait()
+        mailer.send(message, to=to)
+    except DeliveryFailure as failure:
+        return _failed(services, planned, failure, now)
+    except Exception as error:  # one poison email must not stop the batch
+        return _poison(services, planned, error, now)
+    if probe:
+        services.breaker.succeeded()
+    _record_sent(services, planned.delivery_id, now)
+    return Outcome("sent")
+
+
+def _failed(
+    services: Services, planned: drip.PlannedEmail, failure: DeliveryFailure, now: datetime
+) -> Outcome:
+    """Act on a classified SMTP failure of one email."""
+    error = str(failure)
+    cls = failure.cls
+    if cls == FailureClass.RECIPIENT_PERMANENT:
+        with session_scope(services.sessions) as session:
+            drip.fail_delivery(session, planned.delivery_id, error=error, now=now, bounce=True)
+        log.info("subscriber %s bounced: %s", planned.subscriber_id, error)
+        return Outcome("bounced")
+    if cls in (FailureClass.RECIPIENT_TEMPORARY, FailureClass.OURS):
+        retry_at = _defer(services, planned, error, now, counts=True, bounces=cls.bounces)
+        if retry_at is not None:
+            return Outcome("deferred")
+        return Outcome("bounced" if cls.bounces else "failed")
+    if cls == FailureClass.THROTTLED:
+        if services.send_rate is not None:
+            services.send_rate.slow_down(error)
+        else:
+            log.warning("relay is throttling us and SEND_RATE is unset, pausing: %s", error)
+        retry_at = now + drip.RETRY_DELAYS[0]
+        _defer(services, planned, error, now, counts=False, retry_at=retry_at)
+        return Outcome("deferred", stop=True, retry_at=retry_at)
+    # The sender, the message's policy or the relay: stop everyone, bounce nobody.
+    until = services.breaker.failed(now, f"{error} ({failure.rule.why})")
+    _defer(services, planned, error, now, counts=False, retry_at=until)
+    return Outcome("deferred", stop=True, retry_at=until)
+
+
+def _poison(
+    services: Services, planned: drip.PlannedEmail, error: Exception, now: datetime
+) -> Outcome:
+    """An email we could not build or encode: counted towards its cap, never a bounce."""
+    log.error("cannot send delivery %s (%s): %r", planned.delivery_id, planned.template, error)
+    retry_at = _defer(services, planned, f"cannot send: {error!r}", now, counts=True)
+    return Outcome("deferred" if retry_at is not None else "failed")
+
+
+def _report_broken_template(services: Services, template: str, error: Exception) -> None:
+    key = f"{services.settings.queue_name}:broken-template:{template}"
+    try:
+        first = services.redis.set(key, "1", nx=True, ex=BROKEN_TEMPLATE_REPORT_TTL)
+    except RedisError:
+        first = True
+    if first:
+        log.error("email template %s cannot be rendered; its emails wait: %r", template, error)
+
+
+def _hand_back(services: Services, ids: list[int], retry_at: datetime | None) -> None:
+    """Give the batch's unsent claims back; with `retry_at` they wait until then."""
+    with session_scope(services.sessions) as session:
+        store.release_claims(session, ids, retry_at=retry_at)
 
 
 def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
@@ -171,20 +285,30 @@ def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
             log.warning("recording delivery %s failed, retrying", delivery_id, exc_info=True)
 
 
-def _record_deferral(
+def _defer(
     services: Services,
     planned: drip.PlannedEmail,
     error: str,
     now: datetime,
     *,
-    against_recipient: bool,
-) -> None:
+    counts: bool,
+    bounces: bool = False,
+    retry_at: datetime | None = None,
+) -> datetime | None:
     with session_scope(services.sessions) as session:
-        retry_at = drip.defer_delivery(
+        retry = drip.defer_delivery(
             session,
             planned.delivery_id,
             error=error,
             now=now,
-            count_against_recipient=against_recipient,
+            counts=counts,
+            bounces=bounces,
+            retry_at=retry_at,
         )
-    log.info("delivery %s deferred until %s: %s", planned.delivery_id, retry_at, error)
+    if retry is None:
+        log.warning(
+            "delivery %s given up after %d tries: %s", planned.delivery_id, drip.MAX_ATTEMPTS, error
+        )
+    else:
+        log.info("delivery %s deferred until %s: %s", planned.delivery_id, retry, error)
+    return retry

@@ -12,12 +12,14 @@ from rq import Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.breaker import Breaker
 from app.config import ConfigError, Settings
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
 from app.emails import EmailCatalog, Recipient, Sender
 from app.mailer import SmtpMailer
+from app.sendrate import SendRate
 from app.tokens import Links, LinkSigner
 
 
@@ -54,6 +56,17 @@ class Services:
     def queue(self) -> Queue:
         """The RQ queue the sending jobs go to."""
         return Queue(self.settings.queue_name, connection=self.redis)
+
+    @cached_property
+    def breaker(self) -> Breaker:
+        """The relay breaker, shared by every sending process through Redis."""
+        return Breaker(self.redis, prefix=self.settings.queue_name)
+
+    @cached_property
+    def send_rate(self) -> SendRate | None:
+        """The global send rate (SEND_RATE), shared through Redis; None when unlimited."""
+        rate = self.settings.send_rate
+        return None if rate is None else SendRate(self.redis, rate, prefix=self.settings.queue_name)
 
     @cached_property
     def policy(self) -> Policy:

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from app.config import Settings
 from app.db import migrate, session_scope, utcnow
-from app.drip import confirm, subscribe
+from app.drip import SENDABLE, confirm, subscribe
 from app.emails import build_message, render
 from app.models import Subscriber
 from app.sending import send_batch
 from app.services import Services
+from app.store import claim_due
 
 
 def free_port() -> int:
@@ -72,7 +73,10 @@ def bench_batch(services: Services, count: int, port: int) -> None:
                 now=now,
             )
     with session_scope(services.sessions) as session:
-        ids = [s.id for s in session.query(Subscriber).all()]
+        claim = claim_due(
+            session, now=now, lease=services.settings.claim_lease, limit=count, statuses=SENDABLE
+        )
+    ids = claim.ids if claim else []
     start = time.perf_counter()
     report = send_batch(services, ids)
     elapsed = time.perf_counter() - start

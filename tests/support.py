@@ -6,6 +6,7 @@ import asyncio
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import policy
@@ -18,7 +19,7 @@ from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
 from sqlalchemy.orm import Session
 
-from app import drip
+from app import drip, store
 from app.db import session_scope
 from app.models import Subscriber
 from app.services import Services
@@ -72,11 +73,16 @@ class Received:
 
 @dataclass
 class SmtpSink:
-    """A real SMTP server's handler: keeps messages, refuses recipients as told."""
+    """A real SMTP server's handler: keeps messages, answers chosen codes as told."""
 
     messages: list[Received] = field(default_factory=list)
     #: recipient address -> (code, text) to answer RCPT TO with.
     refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: stage ("mail", "rcpt", "data") -> the full answer to give there to everyone,
+    #: like "554 5.7.1 Message rejected".
+    answers: dict[str, str] = field(default_factory=dict)
+    #: When each accepted message arrived (time.monotonic()).
+    arrivals: list[float] = field(default_factory=list)
     connections: int = 0
     #: Seconds to wait before accepting each message (a slow relay).
     delay: float = 0.0
@@ -90,9 +96,20 @@ class SmtpSink:
         session.host_name = hostname
         return responses
 
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if "mail" in self.answers:
+            return self.answers["mail"]
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        if "rcpt" in self.answers:
+            return self.answers["rcpt"]
         if address in self.refuse:
             code, text = self.refuse[address]
             return f"{code} {text}"
@@ -102,12 +119,15 @@ class SmtpSink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
+        if "data" in self.answers:
+            return self.answers["data"]
         message = BytesParser(policy=policy.default).parsebytes(envelope.content)
         assert isinstance(message, EmailMessage)
         with self.lock:
             self.messages.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), message, envelope.content)
             )
+            self.arrivals.append(time.monotonic())
         return "250 Message accepted"
 
     def to(self, address: str) -> list[Received]:
@@ -165,8 +185,23 @@ def active_subscriber(services: Services, email: str, now: datetime) -> int:
         return subscriber.id
 
 
+def claim(services: Services, ids: list[int], now: datetime) -> list[int]:
+    """Claim these subscriptions' due emails, as the tick does before queuing a batch."""
+    with session_scope(services.sessions) as session:
+        taken = store.claim_due(
+            session,
+            now=now,
+            lease=services.settings.claim_lease,
+            limit=len(ids),
+            statuses=drip.SENDABLE,
+            ids=ids,
+        )
+    return [] if taken is None else taken.ids
+
+
 def begin(services: Services, subscriber_id: int, now: datetime) -> drip.PlannedEmail | None:
-    """Ask the ledger to send the subscription's due email, as a worker does."""
+    """Claim the subscription and ask the ledger to send its due email, as a worker does."""
+    claim(services, [subscriber_id], now)
     with session_scope(services.sessions) as session:
         return drip.begin_delivery(
             session, subscriber_id, policy=services.policy, domain="onward.test", now=now

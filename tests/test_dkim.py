@@ -17,7 +17,7 @@ from app.config import ConfigError
 from app.dkim import DkimSigner
 from app.sending import send_batch
 from app.services import Services
-from tests.support import FakeClock, SmtpSink, active_subscriber
+from tests.support import FakeClock, SmtpSink, active_subscriber, claim
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_every_sent_message_is_signed_and_verifies(
     signing: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
     ids = [active_subscriber(signing, f"p{n}@example.com", clock.now) for n in range(3)]
+    claim(signing, ids, clock.now)
     assert send_batch(signing, ids).as_dict() == {"sent": 3}
     assert signing.dkim is not None
     records = published(signing.dkim)
@@ -74,6 +75,7 @@ def test_the_unsubscribe_headers_are_signed_so_changing_them_breaks_the_signatur
     signing: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
     subscriber_id = active_subscriber(signing, "ada@example.com", clock.now)
+    claim(signing, [subscriber_id], clock.now)
     send_batch(signing, [subscriber_id])
     [received] = smtp.messages
     signature = str(received.message["DKIM-Signature"])
@@ -99,6 +101,7 @@ def test_without_a_key_messages_go_out_unsigned(
     services: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
+    claim(services, [subscriber_id], clock.now)
     send_batch(services, [subscriber_id])
     assert b"DKIM-Signature" not in smtp.messages[0].raw
 

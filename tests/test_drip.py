@@ -6,8 +6,9 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from app import drip
+from app import drip, store
 from app.db import session_scope
 from app.models import (
     Consent,
@@ -29,8 +30,14 @@ def defer(
     """Record a temporary failure, as a worker does."""
     with session_scope(services.sessions) as session:
         return drip.defer_delivery(
-            session, delivery_id, error=error, now=now, count_against_recipient=count
+            session, delivery_id, error=error, now=now, counts=count, bounces=count
         )
+
+
+def claim(session: Session, *, now: datetime, lease: timedelta, limit: int) -> list[int]:
+    """Claim due subscriptions as the tick does; their ids."""
+    taken = store.claim_due(session, now=now, lease=lease, limit=limit, statuses=drip.SENDABLE)
+    return [] if taken is None else taken.ids
 
 
 def send_due_step(services: Services, subscriber_id: int, now: datetime) -> drip.PlannedEmail:
@@ -128,16 +135,16 @@ def test_claims_are_exclusive_and_lapse_after_the_lease(
     ids = [active_subscriber(services, f"p{n}@example.com", clock.now) for n in range(5)]
     lease = services.settings.claim_lease
     with session_scope(services.sessions) as session:
-        first = drip.claim_due(session, now=clock.now, lease=lease, limit=3)
+        first = claim(session, now=clock.now, lease=lease, limit=3)
     with session_scope(services.sessions) as session:
-        second = drip.claim_due(session, now=clock.now, lease=lease, limit=10)
+        second = claim(session, now=clock.now, lease=lease, limit=10)
     with session_scope(services.sessions) as session:
-        third = drip.claim_due(session, now=clock.now, lease=lease, limit=10)
+        third = claim(session, now=clock.now, lease=lease, limit=10)
     assert len(first) == 3
     assert sorted(first + second) == ids
     assert third == []
     with session_scope(services.sessions) as session:
-        lapsed = drip.claim_due(session, now=clock.advance(lease), lease=lease, limit=10)
+        lapsed = claim(session, now=clock.advance(lease), lease=lease, limit=10)
     assert lapsed == ids
 
 
@@ -149,7 +156,7 @@ def test_only_due_subscriptions_are_claimed(services: Services, clock: FakeClock
         drip.pause(session, session.get_one(Subscriber, paused), now=clock.now)
         session.get_one(Subscriber, later).next_send_at = clock.now + timedelta(hours=1)
     with session_scope(services.sessions) as session:
-        claimed = drip.claim_due(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
+        claimed = claim(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
     assert claimed == [due]
 
 
@@ -217,7 +224,7 @@ def test_an_unsubscribe_after_the_claim_stops_the_send(
 ) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
     with session_scope(services.sessions) as session:
-        assert drip.claim_due(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
+        assert claim(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
     with session_scope(services.sessions) as session:
         drip.unsubscribe(session, session.get_one(Subscriber, subscriber_id), now=clock.now)
     assert begin(services, subscriber_id, clock.now) is None
@@ -227,7 +234,7 @@ def test_temporary_failures_back_off_then_bounce(services: Services, clock: Fake
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
     retry_times: list[datetime | None] = []
     delays: list[timedelta] = []
-    for _ in range(drip.MAX_RECIPIENT_FAILURES):
+    for _ in range(drip.MAX_ATTEMPTS):
         planned = begin(services, subscriber_id, clock.now)
         assert planned is not None
         retry_at = defer(services, planned.delivery_id, "451 try later", clock.now, count=True)
@@ -246,7 +253,7 @@ def test_temporary_failures_back_off_then_bounce(services: Services, clock: Fake
 
 def test_relay_outages_never_bounce_a_subscriber(services: Services, clock: FakeClock) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
-    for _ in range(drip.MAX_RECIPIENT_FAILURES * 2):
+    for _ in range(drip.MAX_ATTEMPTS * 2):
         planned = begin(services, subscriber_id, clock.now)
         assert planned is not None
         retry_at = defer(services, planned.delivery_id, "refused", clock.now, count=False)

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from app import create_app
 from app.checks import check_production
 from app.config import ConfigError, Settings
-from app.db import session_scope
+from app.db import session_scope, utcnow
 from app.logs import JsonFormatter, RedactingFilter
 from app.models import Delivery, DeliveryStatus, EmailKind
 from app.services import Services
@@ -270,6 +270,8 @@ def test_a_worker_told_to_stop_finishes_its_batch(
 ) -> None:
     # A slow relay makes the batch take a few seconds; SIGTERM arrives in the middle.
     smtp.delay = 0.1
+    # The worker process runs on the real clock: claim on it too, or the claims lapse.
+    clock.now = utcnow()
     for n in range(30):
         active_subscriber(services, f"p{n}@example.com", services.clock())
     assert tick(services) == 30

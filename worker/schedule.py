@@ -73,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Queue due course emails.")
     parser.add_argument("--once", action="store_true", help="tick once and exit")
     args = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    # Before the start-up checks, so a stop asked for during them is a clean exit too.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         services = start_process("scheduler")
     except ConfigError as error:
@@ -82,13 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.once:
             print(f"queued {tick(services)}")
             return 0
-        stop = threading.Event()
-
-        def _stop(_signum: int, _frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
         run_forever(services, stop)
         log.info("scheduler stopped")
         return 0

@@ -21,7 +21,11 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """200 when the database and Redis both answer; 503 naming the one that does not."""
+    """200 when the database and Redis both answer; 503 naming the one that does not.
+
+    `relay` names the SMTP relay's breaker state: informative only, since the web
+    app serves sign-ups and links while sending waits for the relay.
+    """
     svc = services()
     checks: dict[str, str] = {}
     try:
@@ -33,7 +37,10 @@ def readyz() -> tuple[Response, int]:
     try:
         svc.redis.ping()
         checks["redis"] = "ok"
+        relay = svc.breaker.state().describe()
     except (RedisError, ConfigError) as error:
         checks["redis"] = f"unavailable: {error.__class__.__name__}"
+        relay = "unknown"
     ready = all(value == "ok" for value in checks.values())
-    return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503
+    body = jsonify(status="ready" if ready else "unavailable", checks=checks, relay=relay)
+    return body, 200 if ready else 503

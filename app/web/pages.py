@@ -60,7 +60,9 @@ def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
         raise TooManyAttempts()
     try:
         email = drip.normalize_email(
-            email_input, check_deliverability=settings.check_deliverability
+            email_input,
+            check_deliverability=settings.check_deliverability,
+            smtputf8=settings.smtp_utf8,
         )
     except drip.InvalidEmail as error:
         return str(error)
