@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import store
+from app.failures import FailureClass
 from app.models import (
     ENDED_STATUSES,
     TOTAL_STEPS,
@@ -377,6 +378,7 @@ def finish_delivery(session: Session, delivery_id: int, *, policy: Policy, now: 
     delivery.status = DeliveryStatus.SENT
     delivery.sent_at = now
     delivery.error = None
+    delivery.failure_class = None
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     subscriber.send_failures = 0
     subscriber.last_error = None
@@ -408,6 +410,7 @@ def defer_delivery(
     counts: bool,
     bounces: bool = False,
     retry_at: datetime | None = None,
+    failure_class: FailureClass | None = None,
 ) -> datetime | None:
     """This email failed for now: it waits, then is tried again. Return when, or None if given up.
 
@@ -415,17 +418,26 @@ def defer_delivery(
     towards MAX_ATTEMPTS, with growing backoff; then it is given up, bouncing the
     address only if `bounces`. Other failures (the relay, our sender) wait until
     `retry_at` and never count. The wait is the subscription's `next_send_at`,
-    so every job that might run the retry respects it.
+    so every job that might run the retry respects it. `failure_class` is kept on the
+    ledger row for operators.
     """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.DEFERRED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     if counts:
         subscriber.send_failures += 1
         if subscriber.send_failures >= MAX_ATTEMPTS:
-            fail_delivery(session, delivery_id, error=error, now=now, bounce=bounces)
+            fail_delivery(
+                session,
+                delivery_id,
+                error=error,
+                now=now,
+                bounce=bounces,
+                failure_class=failure_class,
+            )
             return None
     if retry_at is None:
         failures = max(subscriber.send_failures, 1)
@@ -436,7 +448,13 @@ def defer_delivery(
 
 
 def fail_delivery(
-    session: Session, delivery_id: int, *, error: str, now: datetime, bounce: bool
+    session: Session,
+    delivery_id: int,
+    *,
+    error: str,
+    now: datetime,
+    bounce: bool,
+    failure_class: FailureClass | None = None,
 ) -> None:
     """Give an email up: it is marked failed for the operator to see.
 
@@ -447,6 +465,7 @@ def fail_delivery(
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     subscriber.claimed_until = None
     if bounce and _move(subscriber, "bounce"):

@@ -150,6 +150,8 @@ class Delivery(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    #: Who the last failure was about (app.failures.FailureClass); NULL once sent.
+    failure_class: Mapped[str | None] = mapped_column(String(24))
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="deliveries")
 

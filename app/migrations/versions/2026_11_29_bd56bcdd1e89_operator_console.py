@@ -1,4 +1,6 @@
-"""The operator's console: operators, their sessions, the audit log, and the console's indexes.
+"""The operator's console: operators, their sessions, the audit log, the console's indexes.
+
+Also each ledger row's failure class, which the console's problems page groups by.
 
 Revision ID: bd56bcdd1e89
 Revises: 297cdbf95f7f
@@ -51,6 +53,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_audit_entry_subscriber_id", "audit_entry", ["subscriber_id"])
+    op.add_column("delivery", sa.Column("failure_class", sa.String(length=24), nullable=True))
     op.create_index("ix_delivery_sent_at", "delivery", ["sent_at"])
     op.create_index("ix_delivery_status_kind_number", "delivery", ["status", "kind", "number"])
     op.create_index("ix_subscriber_email", "subscriber", ["email"])
@@ -62,6 +65,8 @@ def downgrade() -> None:
     op.drop_index("ix_subscriber_email", table_name="subscriber")
     op.drop_index("ix_delivery_status_kind_number", table_name="delivery")
     op.drop_index("ix_delivery_sent_at", table_name="delivery")
+    with op.batch_alter_table("delivery") as batch_op:
+        batch_op.drop_column("failure_class")
     op.drop_index("ix_audit_entry_subscriber_id", table_name="audit_entry")
     op.drop_table("audit_entry")
     op.drop_table("operator_session")
