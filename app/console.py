@@ -7,6 +7,7 @@ console's migration), so the pages stay fast with a million subscriptions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from rq import Queue
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from app.breaker import RelayState
 from app.models import (
     TOTAL_STEPS,
     AuditEntry,
@@ -280,46 +282,61 @@ def audit_entries(session: Session, subscriber_id: int) -> list[AuditEntry]:
 
 @dataclass(frozen=True)
 class ProblemGroup:
-    """Deferred or failed emails that share a status and an error."""
+    """Deferred or failed emails that share a status, a failure class and an error."""
 
     status: DeliveryStatus
+    #: A FailureClass value, or "unclassified" for rows written before classes were kept.
     failure_class: str
     error: str
     count: int
     last_at: datetime | None
 
 
+#: Addresses inside error texts: replaced so refusals of different addresses group together.
+_ADDRESS = re.compile(r"[^\s<>'\"(),;:]+@[^\s<>'\"(),;:]+")
+#: How many distinct (status, class, error) rows the problems page reads at most.
+PROBLEM_ROWS = 5000
+
+
 def problem_groups(session: Session, *, limit: int = 100) -> list[ProblemGroup]:
-    """Deferred and failed emails grouped by status, failure class and error, largest first."""
+    """Deferred and failed emails grouped by status, failure class and error, largest first.
+
+    Addresses in an error's text are masked first, so the same refusal of many
+    addresses is one group.
+    """
     rows = session.execute(
-        select(Delivery.status, Delivery.error, func.count(), func.max(Delivery.started_at))
+        select(
+            Delivery.status,
+            Delivery.failure_class,
+            Delivery.error,
+            func.count(),
+            func.max(Delivery.started_at),
+        )
         .where(Delivery.status.in_((DeliveryStatus.DEFERRED, DeliveryStatus.FAILED)))
-        .group_by(Delivery.status, Delivery.error)
+        .group_by(Delivery.status, Delivery.failure_class, Delivery.error)
         .order_by(func.count().desc())
-        .limit(limit)
+        .limit(PROBLEM_ROWS)
     )
+    groups: dict[tuple[str, str, str], tuple[int, datetime | None]] = {}
+    for status, failure_class, error, count, last_at in rows:
+        key = (
+            str(status),
+            failure_class or "unclassified",
+            _ADDRESS.sub("<address>", error or "(no error recorded)"),
+        )
+        held, latest = groups.get(key, (0, None))
+        groups[key] = (held + count, max((t for t in (latest, last_at) if t), default=None))
+    ordered = sorted(groups.items(), key=lambda item: (-item[1][0], item[0]))
     return [
         ProblemGroup(
             status=DeliveryStatus(status),
-            failure_class=failure_class(DeliveryStatus(status), error or ""),
-            error=error or "(no error recorded)",
+            failure_class=failure_class,
+            error=error,
             count=count,
             last_at=last_at,
         )
-        for status, error, count, last_at in rows
+        for (status, failure_class, error), (count, last_at) in ordered[:limit]
     ]
-
-
-def failure_class(status: DeliveryStatus, error: str) -> str:
-    """The class of failure an error belongs to, read from its SMTP reply code."""
-    code = error.strip()[:3]
-    if code.isdigit() and code.startswith("5"):
-        return "recipient permanent" if status == DeliveryStatus.FAILED else "permanent"
-    if code.isdigit() and code.startswith("4"):
-        return "temporary"
-    if status == DeliveryStatus.FAILED:
-        return "recipient permanent"
-    return "relay or our own error"
 
 
 def step_figures(session: Session) -> dict[str, dict[DeliveryStatus, int]]:
@@ -357,14 +374,36 @@ def queue_state(queue: Queue) -> QueueState:
 
 
 @dataclass(frozen=True)
-class RelayState:
+class Relay:
     """The SMTP relay as the senders see it: the breaker, and the send rate against its cap."""
 
-    breaker: str
-    send_rate: float
+    breaker: RelayState
+    #: SEND_RATE in emails a second; None when unlimited.
     send_rate_limit: float | None
+    #: The share of SEND_RATE in force now: below 1 while the relay has us slowed down.
+    send_rate_factor: float
 
 
-def relay_state(services: Services) -> RelayState | None:
-    """The relay's breaker and send rate; None while the sending side does not report them."""
-    return None
+def relay_state(services: Services) -> Relay:
+    """The relay breaker and the send rate in force (RedisError if Redis is down)."""
+    rate = services.send_rate
+    return Relay(
+        breaker=services.breaker.state(),
+        send_rate_limit=None if rate is None else rate.rate.count / rate.rate.period,
+        send_rate_factor=1.0 if rate is None else rate.factor(),
+    )
+
+
+def sent_last_minute(session: Session, *, now: datetime) -> int:
+    """Emails the relay accepted in the minute before `now` (the send rate actually reached)."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.sent_at > now - timedelta(minutes=1),
+                Delivery.status == DeliveryStatus.SENT,
+            )
+        )
+        or 0
+    )

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app import drip, operators
 from app.db import session_scope
+from app.failures import FailureClass
 from app.models import (
     TOTAL_STEPS,
     Consent,
@@ -86,7 +87,6 @@ def seed_course(session: Session, count: int, *, now: datetime, seed: int = 13) 
     one for some of those still going.
     """
     rng = random.Random(seed)
-    domain = "onward.test"
     for index in range(count):
         status = list(S)[index % len(S)]
         confirmed = status != S.PENDING and not (
@@ -119,32 +119,50 @@ def seed_course(session: Session, count: int, *, now: datetime, seed: int = 13) 
         )
         session.add(subscriber)
         session.flush()
-
-        def ledger(
-            kind: EmailKind, number: int, delivery_status: DeliveryStatus, at: datetime
-        ) -> None:
-            session.add(
-                Delivery(
-                    subscriber_id=subscriber.id,
-                    kind=kind,
-                    number=number,
-                    message_id=drip.message_id_for(subscriber.key, kind, number, domain),
-                    status=delivery_status,
-                    started_at=at,
-                    sent_at=at if delivery_status == DeliveryStatus.SENT else None,
-                    error=None if delivery_status == DeliveryStatus.SENT else "550 5.1.1 no",
-                )
-            )
-
+        ledger = _Ledger(session, subscriber)
         if status == S.BOUNCED and not confirmed:
-            ledger(EmailKind.CONFIRMATION, 1, DeliveryStatus.FAILED, created)
+            ledger.add(EmailKind.CONFIRMATION, 1, DeliveryStatus.FAILED, created)
             continue
-        ledger(EmailKind.CONFIRMATION, 1, DeliveryStatus.SENT, created)
+        ledger.add(EmailKind.CONFIRMATION, 1, DeliveryStatus.SENT, created)
         received = min(next_step - 1, TOTAL_STEPS)
         for number in range(1, received + 1):
             at = min(now, created + timedelta(days=2 * number))
-            ledger(EmailKind.STEP, number, DeliveryStatus.SENT, at)
+            ledger.add(EmailKind.STEP, number, DeliveryStatus.SENT, at)
         if status == S.BOUNCED:
-            ledger(EmailKind.STEP, next_step, DeliveryStatus.FAILED, now - timedelta(hours=1))
+            ledger.add(EmailKind.STEP, next_step, DeliveryStatus.FAILED, now - timedelta(hours=1))
         elif status == S.ACTIVE and rng.random() < 0.1:
-            ledger(EmailKind.STEP, next_step, DeliveryStatus.DEFERRED, now - timedelta(hours=1))
+            ledger.add(EmailKind.STEP, next_step, DeliveryStatus.DEFERRED, now - timedelta(hours=1))
+
+
+#: The error and failure class a seeded ledger row carries for each outcome.
+SEEDED_ERRORS = {
+    DeliveryStatus.FAILED: ("recipient refused: 550 5.1.1 no", FailureClass.RECIPIENT_PERMANENT),
+    DeliveryStatus.DEFERRED: (
+        "recipient refused: 450 4.2.1 busy",
+        FailureClass.RECIPIENT_TEMPORARY,
+    ),
+}
+
+
+class _Ledger:
+    """Adds one subscription's ledger rows."""
+
+    def __init__(self, session: Session, subscriber: Subscriber) -> None:
+        self.session = session
+        self.subscriber = subscriber
+
+    def add(self, kind: EmailKind, number: int, status: DeliveryStatus, at: datetime) -> None:
+        error, failure_class = SEEDED_ERRORS.get(status, (None, None))
+        self.session.add(
+            Delivery(
+                subscriber_id=self.subscriber.id,
+                kind=kind,
+                number=number,
+                message_id=drip.message_id_for(self.subscriber.key, kind, number, "onward.test"),
+                status=status,
+                started_at=at,
+                sent_at=at if status == DeliveryStatus.SENT else None,
+                error=error,
+                failure_class=failure_class,
+            )
+        )

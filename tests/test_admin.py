@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app import console, operators
+from app.config import Rate
 from app.db import session_scope
 from app.models import (
     TOTAL_STEPS,
@@ -28,6 +29,7 @@ from app.models import (
     Subscriber,
     SubscriberStatus,
 )
+from app.sending import dispatch
 from app.services import Services
 from app.web.admin import auth
 from tests.admin_support import (
@@ -389,7 +391,8 @@ def test_the_overview_counts_by_status_per_day_and_what_is_due(
         f'<th scope="row">{now.date().isoformat()}</th><td class="num">{per_day[now.date()]}'
         in page
     )
-    assert "Breaker and send rate: not available." in page
+    assert "<dd>Closed: sending</dd>" in page
+    assert "Unlimited (SEND_RATE is not set)" in page
 
 
 def test_search_finds_addresses_and_pages_by_status(
@@ -432,7 +435,7 @@ def test_the_timeline_shows_consent_and_every_email(
         consent = session.scalars(select(Consent)).one()
     assert consent.wording in page and "192.0.2.1" in page
     assert delivery.message_id.replace("<", "&lt;").replace(">", "&gt;") in page
-    assert "deferred" in page and "mailbox busy" in page
+    assert "deferred" in page and "4.2.1 mailbox busy (recipient temporary)" in page
 
 
 def test_problems_group_errors_and_name_templates_that_fail_to_render(
@@ -446,8 +449,9 @@ def test_problems_group_errors_and_name_templates_that_fail_to_render(
         failed = session.scalar(
             select(func.count()).where(Delivery.status == DeliveryStatus.FAILED)
         )
+    error = "recipient refused: 550 5.1.1 no"
     assert (
-        f'<td>failed</td><td>recipient permanent</td><td>550 5.1.1 no</td><td class="num">{failed}</td>'
+        f'<td>failed</td><td>recipient permanent</td><td>{error}</td><td class="num">{failed}</td>'
         in page
     )
     assert "Every email renders." in page
@@ -488,6 +492,55 @@ def test_the_emails_page_shows_each_step_with_its_figures(
     assert html.status_code == 200 and "<html" in html.get_data(as_text=True)
     assert "sandbox" in html.headers["Content-Security-Policy"]
     assert client.get("/admin/emails/no-such", base_url=HTTPS).status_code == 404
+
+
+def test_an_open_breaker_and_classified_failures_show_on_the_overview_problems_and_metrics(
+    app: Flask, services: Services, clock: FakeClock, smtp: SmtpSink
+) -> None:
+    services.settings = services.settings.with_changes(
+        send_rate=Rate(20, 1), metrics_token="s3cret-token"
+    )
+    gone = active_subscriber(services, "gone@example.com", clock.now)
+    smtp.refuse["gone@example.com"] = (550, "5.1.1 no such mailbox")
+    dispatch(services, now=clock.now)
+    run_worker(services)
+    # Then the relay refuses our sender: the breaker opens and nobody bounces.
+    smtp.answers["data"] = "554 5.7.1 Message rejected: Email address is not verified"
+    waiting = [active_subscriber(services, f"p{n}@example.com", clock.now) for n in range(3)]
+    dispatch(services, now=clock.now)
+    run_worker(services)
+    with session_scope(services.sessions) as session:
+        assert session.get_one(Subscriber, gone).status == S.BOUNCED
+        assert {session.get_one(Subscriber, i).status for i in waiting} == {S.ACTIVE}
+    assert services.breaker.state().open
+
+    client = signed_in(app, services)
+    overview = client.get("/admin/", base_url=HTTPS).get_data(as_text=True)
+    assert "<strong>Open: sending stopped</strong>" in overview and "not verified" in overview
+    assert "20 emails/s of SEND_RATE 20/s" in overview
+    problems = client.get("/admin/problems", base_url=HTTPS).get_data(as_text=True)
+    assert "<strong>Sending is stopped</strong>" in problems
+    assert (
+        "<td>failed</td><td>recipient permanent</td>"
+        "<td>recipient refused: 550 5.1.1 no such mailbox</td>" in problems
+    )
+    assert (
+        "<td>deferred</td><td>sender</td><td>message refused: 554 5.7.1 Message rejected: "
+        'Email address is not verified</td><td class="num">1</td>' in problems
+    )
+    assert f'href="/admin/subscribers/{gone}">#{gone}</a>' in problems
+
+    response = client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+    families = {f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))}
+    assert families["onward_relay_breaker_open"].samples[0].value == 1
+    assert families["onward_send_rate_limit_per_second"].samples[0].value == 20
+    assert families["onward_send_rate_factor"].samples[0].value == 1
+    assert families["onward_send_rate_per_second"].samples[0].value == 0  # none accepted
+    by_class = {
+        (s.labels["status"], s.labels["failure_class"]): s.value
+        for s in families["onward_problem_emails"].samples
+    }
+    assert by_class == {("failed", "recipient_permanent"): 1, ("deferred", "sender"): 1}
 
 
 # --------------------------------------------------------------------------- CLI and metrics

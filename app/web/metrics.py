@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from app import console
 from app.config import ConfigError
 from app.db import session_scope
-from app.models import Delivery
+from app.models import Delivery, DeliveryStatus
 from app.services import Services
 from app.ticks import last_tick_seconds
 from app.web import services
@@ -41,12 +41,18 @@ class OnwardCollector(Collector):
         svc = self.services
         with session_scope(svc.sessions) as session:
             statuses = console.status_counts(session)
+            sent_last_minute = console.sent_last_minute(session, now=svc.clock())
             outcomes = {
                 str(status): count
                 for status, count in session.execute(
                     select(Delivery.status, func.count()).group_by(Delivery.status)
                 )
             }
+            problems = session.execute(
+                select(Delivery.status, Delivery.failure_class, func.count())
+                .where(Delivery.status.in_((DeliveryStatus.DEFERRED, DeliveryStatus.FAILED)))
+                .group_by(Delivery.status, Delivery.failure_class)
+            ).all()
         by_status = GaugeMetricFamily(
             "onward_subscriptions", "Subscriptions by status.", labels=["status"]
         )
@@ -60,6 +66,14 @@ class OnwardCollector(Collector):
         for outcome, count in sorted(outcomes.items()):
             sends.add_metric([str(outcome)], count)
         yield sends
+        by_class = GaugeMetricFamily(
+            "onward_problem_emails",
+            "Deferred and failed emails by failure class.",
+            labels=["status", "failure_class"],
+        )
+        for state, failure_class, count in sorted(problems, key=lambda r: (r[0], r[1] or "")):
+            by_class.add_metric([str(state), failure_class or "unclassified"], count)
+        yield by_class
         try:
             queue = console.queue_state(svc.queue)
             tick = last_tick_seconds(svc)
@@ -79,24 +93,32 @@ class OnwardCollector(Collector):
                 yield GaugeMetricFamily(
                     "onward_tick_duration_seconds", "How long the last scheduler tick took.", tick
                 )
-        relay = console.relay_state(svc)
-        if relay is not None:
-            breaker = GaugeMetricFamily(
-                "onward_relay_breaker",
-                "The relay breaker's state (1 for the current one).",
-                labels=["state"],
-            )
-            breaker.add_metric([relay.breaker], 1)
-            yield breaker
+        try:
+            relay = console.relay_state(svc)
+        except (RedisError, ConfigError) as error:
+            log.warning("metrics: Redis unavailable: %s", error)
+        else:
             yield GaugeMetricFamily(
-                "onward_send_rate", "Emails handed to the relay per second, now.", relay.send_rate
+                "onward_relay_breaker_open",
+                "1 while the relay breaker is open (nobody sends), else 0.",
+                1.0 if relay.breaker.open else 0.0,
+            )
+            yield GaugeMetricFamily(
+                "onward_send_rate_factor",
+                "Share of SEND_RATE in force: below 1 while the relay has us slowed down.",
+                relay.send_rate_factor,
             )
             if relay.send_rate_limit is not None:
                 yield GaugeMetricFamily(
-                    "onward_send_rate_limit",
-                    "SEND_RATE: the most emails a second.",
+                    "onward_send_rate_limit_per_second",
+                    "SEND_RATE: the most emails a second, all workers together.",
                     relay.send_rate_limit,
                 )
+        yield GaugeMetricFamily(
+            "onward_send_rate_per_second",
+            "Emails the relay accepted a second, over the last minute.",
+            sent_last_minute / 60,
+        )
 
 
 @bp.get("/metrics")

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
-from app import console, drip, operators
+from app import console, drip, operators, store
 from app.config import ConfigError
 from app.db import session_scope
 from app.emails import EmailTemplateError, build_message, render
@@ -39,11 +39,14 @@ def overview() -> str:
         per_day = console.sent_per_day(session, now=now)
         due = console.due(session, now=now)
         deliveries = console.delivery_counts(session)
+        sent_last_minute = console.sent_last_minute(session, now=now)
+    queue: console.QueueState | None = None
+    relay: console.Relay | None = None
     try:
-        queue: console.QueueState | None = console.queue_state(svc.queue)
+        queue = console.queue_state(svc.queue)
+        relay = console.relay_state(svc)
     except (RedisError, ConfigError) as error:
-        log.warning("console: queue unavailable: %s", error)
-        queue = None
+        log.warning("console: Redis unavailable: %s", error)
     chart = bar_chart(
         "Emails sent per day",
         f"Emails the relay accepted each day (UTC), {per_day[0][0]:%d %b} to "
@@ -61,7 +64,8 @@ def overview() -> str:
         deliveries=deliveries,
         queue=queue,
         queue_age=(now - queue.oldest_enqueued_at) if queue and queue.oldest_enqueued_at else None,
-        relay=console.relay_state(svc),
+        relay=relay,
+        sent_last_minute=sent_last_minute,
         now=now,
     )
 
@@ -203,7 +207,22 @@ def problems() -> str:
     svc = services()
     with session_scope(svc.sessions) as session:
         groups = console.problem_groups(session)
-    return render_template("admin/problems.html", groups=groups, broken=broken_templates())
+        failed = [
+            (d.subscriber_id, d.template, d.failure_class or "unclassified", d.error, d.started_at)
+            for d in store.failed_deliveries(session)
+        ]
+    relay: console.Relay | None = None
+    try:
+        relay = console.relay_state(svc)
+    except (RedisError, ConfigError) as error:
+        log.warning("console: Redis unavailable: %s", error)
+    return render_template(
+        "admin/problems.html",
+        relay=relay,
+        groups=groups,
+        failed=failed,
+        broken=broken_templates(),
+    )
 
 
 def broken_templates() -> list[tuple[str, str]]:
