@@ -46,7 +46,7 @@ SELECT 'k' || n, 'reader' || n || '@example.com', '', st.status,
        CASE WHEN st.status = 'paused' THEN created + interval '3 days' END,
        CASE WHEN st.status IN ('completed', 'unsubscribed', 'bounced')
             THEN created + interval '10 days' END
-FROM generate_series(1, :count) AS n
+FROM generate_series(1::bigint, :count) AS n
 CROSS JOIN LATERAL (SELECT :now - ((n * 104729) % (365 * 24 * 60)) * interval '1 minute'
                     AS created) AS c
 CROSS JOIN LATERAL (SELECT CASE
@@ -65,11 +65,12 @@ FROM subscriber
 #: The confirmation and every step received, sent two days apart; the bounce where it bounced.
 SEED_LEDGER = """
 INSERT INTO delivery (subscriber_id, kind, number, message_id, status, attempts,
-                      started_at, sent_at, error)
+                      started_at, sent_at, error, failure_class)
 SELECT s.id, e.kind, e.number, '<' || e.kind || '-' || e.number || '.' || s.key || '@bench>',
        e.status, 1, s.created_at + e.number * interval '2 days',
        CASE WHEN e.status = 'sent' THEN s.created_at + e.number * interval '2 days' END,
-       CASE WHEN e.status = 'failed' THEN '550 5.1.1 mailbox unknown' END
+       CASE WHEN e.status = 'failed' THEN 'recipient refused: 550 5.1.1 mailbox unknown' END,
+       CASE WHEN e.status = 'failed' THEN 'recipient_permanent' END
 FROM subscriber s
 CROSS JOIN LATERAL (
     SELECT 'confirmation' AS kind, 1 AS number, 'sent' AS status
