@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -15,7 +16,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import AuditEntry, Operator, OperatorSession
+from app import drip
+from app.models import AuditEntry, Operator, OperatorSession, Subscriber
 
 #: Shortest password `flask admin create` accepts.
 MIN_PASSWORD_LENGTH = 12
@@ -135,3 +137,48 @@ def record(
     )
     session.add(entry)
     return entry
+
+
+#: What an operator may do to a subscription.
+ACTIONS = ("pause", "resume", "unsubscribe", "send-now", "erase")
+
+
+def act(
+    session: Session,
+    operator: Operator,
+    subscriber: Subscriber,
+    action: str,
+    *,
+    policy: drip.Policy,
+    now: datetime,
+) -> bool:
+    """Apply one of ACTIONS through the course rules and audit it; say whether it changed.
+
+    Erasing deletes the subscription with its consent record and ledger; its audit
+    entry keeps only the id, since the address is what was asked to be erased.
+    An action that does not apply changes nothing and is audited as "no change".
+    """
+    subscriber_id = subscriber.id
+    if action == "erase":
+        drip.forget(session, subscriber)
+        record(session, operator, action, subscriber_id=subscriber_id, now=now)
+        return True
+    moves: dict[str, Callable[[], bool]] = {
+        "pause": lambda: drip.pause(session, subscriber, now=now),
+        "resume": lambda: drip.resume(session, subscriber, policy=policy, now=now),
+        "unsubscribe": lambda: drip.unsubscribe(session, subscriber, now=now),
+        "send-now": lambda: drip.send_now(session, subscriber, now=now),
+    }
+    if action not in moves:
+        raise ValueError(f"unknown action {action!r}")
+    changed = moves[action]()
+    detail = f"status {subscriber.status}, next step {subscriber.next_step}"
+    record(
+        session,
+        operator,
+        action,
+        subscriber_id=subscriber_id,
+        detail=detail if changed else "no change: " + detail,
+        now=now,
+    )
+    return changed

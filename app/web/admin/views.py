@@ -7,13 +7,10 @@ Every view runs behind `auth.require_session`; every change is a POST with a CSR
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import datetime
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from jinja2 import TemplateError
 from redis.exceptions import RedisError
-from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 from app import console, drip, operators, store
@@ -141,49 +138,20 @@ def available_actions(subscriber: Subscriber) -> list[tuple[str, str]]:
     return actions
 
 
-def _act(action: str, session: Session, subscriber: Subscriber, now: datetime) -> tuple[bool, str]:
-    """Apply one action through the course rules; say whether it changed, and what."""
-    svc = services()
-    moves: dict[str, Callable[[], bool]] = {
-        "pause": lambda: drip.pause(session, subscriber, now=now),
-        "resume": lambda: drip.resume(session, subscriber, policy=svc.policy, now=now),
-        "unsubscribe": lambda: drip.unsubscribe(session, subscriber, now=now),
-        "send-now": lambda: drip.send_now(session, subscriber, now=now),
-    }
-    changed = moves[action]()
-    return changed, f"status {subscriber.status}, next step {subscriber.next_step}"
-
-
-ACTIONS = frozenset({"pause", "resume", "unsubscribe", "send-now", "erase"})
-
-
 @bp.post("/subscribers/<int:subscriber_id>/<action>")
 def act(subscriber_id: int, action: str) -> BaseResponse:
     """Pause, resume, unsubscribe, erase, or send the due step now; each one audited."""
-    if action not in ACTIONS:
+    if action not in operators.ACTIONS:
         abort(404)
     svc = services()
     now = svc.clock()
-    operator = current_operator()
     with session_scope(svc.sessions) as session:
         found = session.get(Subscriber, subscriber_id, with_for_update=True)
         if found is None:
             abort(404)
-        if action == "erase":
-            drip.forget(session, found)
-            # The entry keeps the id only: the address is what was asked to be erased.
-            operators.record(session, operator, "erase", subscriber_id=subscriber_id, now=now)
-            changed, detail = True, ""
-        else:
-            changed, detail = _act(action, session, found, now)
-            operators.record(
-                session,
-                operator,
-                action,
-                subscriber_id=subscriber_id,
-                detail=detail if changed else "no change: " + detail,
-                now=now,
-            )
+        changed = operators.act(
+            session, current_operator(), found, action, policy=svc.policy, now=now
+        )
     if action == "erase":
         flash(f"Subscription {subscriber_id} and all its data were erased.")
         return redirect(url_for("admin.subscribers"))
