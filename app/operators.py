@@ -9,6 +9,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -23,9 +24,16 @@ from app.models import AuditEntry, Operator, OperatorSession, Subscriber
 MIN_PASSWORD_LENGTH = 12
 
 _hasher = PasswordHasher()
-#: Verified against when the address is unknown, so an unknown address costs the
-#: same argon2 work as a wrong password and the timing tells nothing.
-_UNKNOWN_OPERATOR_HASH = _hasher.hash(secrets.token_urlsafe(24))
+
+
+@cache
+def _unknown_operator_hash() -> str:
+    """Verified against when the address is unknown, so an unknown address costs the
+    same argon2 work as a wrong password and the timing tells nothing.
+
+    Made on first use, not at import: every process imports this module, few sign anyone in.
+    """
+    return _hasher.hash(secrets.token_urlsafe(24))
 
 
 class OperatorError(ValueError):
@@ -68,7 +76,7 @@ def authenticate(session: Session, email: str, password: str, *, now: datetime) 
         session.scalar(select(Operator).where(Operator.email == address)) if address else None
     )
     try:
-        _hasher.verify(operator.password_hash if operator else _UNKNOWN_OPERATOR_HASH, password)
+        _hasher.verify(operator.password_hash if operator else _unknown_operator_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if operator is None:
