@@ -152,6 +152,9 @@ class Settings:
     default_time_zone: str = "UTC"
     #: Suppression, caps, provider webhooks and bounce mail (README, List hygiene).
     hygiene: HygieneSettings = field(default_factory=lambda: HygieneSettings())
+    # The operator's console (/admin) and /metrics.
+    admin_session_idle: timedelta = timedelta(minutes=30)
+    metrics_token: str | None = field(default=None, repr=False)
 
     # --- Delivery safety: the global send rate and SMTPUTF8 (README, Configuration) ---
     #: SEND_RATE: emails per period for all workers together; None: unlimited.
@@ -241,6 +244,9 @@ class Settings:
             reply_to=parse_reply_to(env.get("REPLY_TO", "")),
             send_window=send_window,
             default_time_zone=default_time_zone,
+            # The operator's console (/admin) and /metrics.
+            admin_session_idle=interval("ADMIN_SESSION_IDLE", "30m"),
+            metrics_token=env.get("METRICS_TOKEN") or None,
             send_rate=send_rate,
             smtp_utf8=smtp_utf8,
             hygiene=HygieneSettings.from_env(env),

@@ -686,6 +686,7 @@ def finish_delivery(session: Session, delivery_id: int, *, policy: Policy, now: 
     delivery.status = DeliveryStatus.SENT
     delivery.sent_at = now
     delivery.error = None
+    delivery.failure_class = None
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     subscriber.send_failures = 0
     subscriber.last_error = None
@@ -718,6 +719,7 @@ def defer_delivery(
     keys: MailboxKeys,
     bounces: bool = False,
     retry_at: datetime | None = None,
+    failure_class: FailureClass | None = None,
 ) -> datetime | None:
     """This email failed for now: it waits, then is tried again. Return when, or None if given up.
 
@@ -725,17 +727,27 @@ def defer_delivery(
     towards MAX_ATTEMPTS, with growing backoff; then it is given up, bouncing the
     address only if `bounces`. Other failures (the relay, our sender) wait until
     `retry_at` and never count. The wait is the subscription's `next_send_at`,
-    so every job that might run the retry respects it.
+    so every job that might run the retry respects it. `failure_class` is kept on the
+    ledger row for operators.
     """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.DEFERRED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     if counts:
         subscriber.send_failures += 1
         if subscriber.send_failures >= MAX_ATTEMPTS:
-            fail_delivery(session, delivery_id, error=error, now=now, bounce=bounces, keys=keys)
+            fail_delivery(
+                session,
+                delivery_id,
+                error=error,
+                now=now,
+                bounce=bounces,
+                keys=keys,
+                failure_class=failure_class,
+            )
             return None
     if retry_at is None:
         failures = max(subscriber.send_failures, 1)
@@ -753,6 +765,7 @@ def fail_delivery(
     now: datetime,
     bounce: bool,
     keys: MailboxKeys,
+    failure_class: FailureClass | None = None,
 ) -> None:
     """Give an email up: it is marked failed for the operator to see.
 
@@ -764,6 +777,7 @@ def fail_delivery(
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     subscriber.claimed_until = None
     if not bounce:
@@ -936,3 +950,16 @@ class HygieneFigures:
     def complaint_rate(self) -> float:
         """Complaints per email sent in the period (0 when nothing was sent)."""
         return self.complaints / self.sent if self.sent else 0.0
+
+
+def send_now(session: Session, subscriber: Subscriber, *, total_steps: int, now: datetime) -> bool:
+    """Make an active subscription's next step due now (an operator's choice).
+
+    Say whether it changed; a claim a worker holds is left alone, so nothing goes twice.
+    """
+    if subscriber.status != S.ACTIVE or subscriber.next_step > total_steps:
+        return False
+    if subscriber.next_send_at is not None and subscriber.next_send_at <= now:
+        return False
+    subscriber.next_send_at = now
+    return True
