@@ -42,11 +42,12 @@ from redis import Redis
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import ConfigError, Settings, parse_rate
+from app.config import DEFAULT_EMAILS_DIR, ConfigError, Settings, parse_rate
+from app.course import load_course
 from app.db import make_engine, migrate, session_scope, utcnow
 from app.dev.embedded_redis import EmbeddedRedis
 from app.drip import confirm, subscribe
-from app.models import TOTAL_STEPS, Delivery, Subscriber, SubscriberStatus
+from app.models import Delivery, Subscriber, SubscriberStatus
 from app.services import Services
 from bench.soak_postgres import PostgresInstance, find_bindir
 from bench.soak_report import (
@@ -62,6 +63,8 @@ from bench.soak_report import (
 from bench.soak_smtp import ACCEPT, REFUSE_SENDER, THROTTLE
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The steps of the course the processes send (the course file in EMAILS_DIR's default).
+TOTAL_STEPS = load_course(DEFAULT_EMAILS_DIR).step_count
 #: A duplicate first accepted this soon before its sender was killed is put down to the kill.
 KILL_WINDOW = 5.0
 #: The longest wait for sending to recover from a fault before the next one starts anyway.
