@@ -107,6 +107,11 @@ class Plan:
     timeout: float
     settle: float
     seed: int
+    #: Whether a duplicate sent in the kill window (accepted by the relay, its worker
+    #: kill -9'd before the ledger commit) fails the run. SMTP has no way to ask the
+    #: relay "did you get this one?", so this window can be made small, not closed:
+    #: the full soak counts it as a failure, CI's form only reports it.
+    kill_window_fails: bool = True
 
     @property
     def expected(self) -> int:
@@ -149,7 +154,7 @@ SHORT = Plan(
     subscribers=100, steps=5, workers=4, schedulers=2, send_rate="40/s",
     step_interval=3, tick_interval=1, batch_size=25, lease=15, kill_every=10,
     first_fault=5, smtp_down=0, throttle=5, refuse_sender=5, postgres_down=3,
-    gap=5, timeout=240, settle=5, seed=7,
+    gap=5, timeout=240, settle=5, seed=7, kill_window_fails=False,
 )  # fmt: skip
 
 
@@ -694,6 +699,7 @@ def report(soak: Soak, bounced: int, ledger: list[str]) -> bool:
     for line in ledger:
         print(line)
     duplicates = [mid for mid, n in Counter(a.message_id for a in record.accepted).items() if n > 1]
+    killed: list[str] = []
     if duplicates:
         killed = sent_by_the_killed(
             record.accepted, [(k.began, k.ports) for k in record.kills], KILL_WINDOW
@@ -719,7 +725,12 @@ def report(soak: Soak, bounced: int, ledger: list[str]) -> bool:
         what
         for what, bad in (
             (f"lost {figures.lost}", figures.lost),
-            (f"duplicated {figures.duplicated}", figures.duplicated),
+            (
+                f"duplicated {figures.duplicated}",
+                figures.duplicated
+                if plan.kill_window_fails
+                else len(set(duplicates) - set(killed)),
+            ),
             (f"resent under a new ID {figures.extra}", figures.extra),
             (f"bounced by mistake {bounced}", bounced),
             (f"did not finish within {plan.timeout:.0f} s", not finished),
