@@ -11,10 +11,11 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from app import drip, operators
+from app.config import DEFAULT_EMAILS_DIR
+from app.course import load_course
 from app.db import session_scope
 from app.failures import FailureClass
 from app.models import (
-    TOTAL_STEPS,
     Consent,
     Delivery,
     DeliveryStatus,
@@ -29,6 +30,9 @@ OPERATOR = "ops@onward.test"
 PASSWORD = "correct horse battery staple"
 #: The console's cookie is Secure (BASE_URL is https in the tests): talk to it over https.
 HTTPS = "https://onward.test"
+
+#: The course's size, from the course file.
+TOTAL_STEPS = load_course(DEFAULT_EMAILS_DIR).step_count
 
 
 def referer(path: str) -> dict[str, str]:
