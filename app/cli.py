@@ -1,7 +1,8 @@
-"""Flask CLI commands: `flask --app app init-db`, `flask --app app stats`."""
+"""Flask CLI commands: `flask --app app init-db`, `stats`, `dkim-dns`, `admin create`."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -9,7 +10,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 
-from app import drip, store
+from app import drip, operators, store
 from app.bounces import BounceSourceError, ImapMailbox, apply_letters, from_maildir, from_mbox
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
@@ -30,7 +31,9 @@ def init_db_command() -> None:
 def stats_command() -> None:
     """Print figures: subscriptions by status, emails by outcome, work due and queued.
 
-    Then the relay's state, the send rate in force and the emails given up on.
+    Then the relay's state, the send rate in force and the emails given up on. With
+    SEND_WINDOW and SEND_RATE set: the most steps due in one window's length over the
+    next day, and how many the rate sends in a window (more go after it closes).
     """
     services: Services = current_app.extensions["onward"]
     with session_scope(services.sessions) as session:
@@ -39,6 +42,11 @@ def stats_command() -> None:
             (d.id, d.subscriber_id, d.template, d.error or "")
             for d in store.failed_deliveries(session)
         ]
+        volume = drip.window_volume(
+            session, policy=services.policy, rate=services.settings.send_rate, now=services.clock()
+        )
+    if volume is not None:
+        figures["window_busiest_due"], figures["window_capacity"] = volume
     try:
         figures["jobs_queued"] = services.queue.count
         figures["relay"] = services.breaker.state().describe()
@@ -116,9 +124,34 @@ def dkim_dns_command() -> None:
     click.echo(" ".join(f'"{value[i : i + 250]}"' for i in range(0, len(value), 250)))
 
 
+@click.group("admin")
+def admin_group() -> None:
+    """Operators of the console at /admin."""
+
+
+@admin_group.command("create")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@with_appcontext
+def admin_create_command(email: str, password_stdin: bool) -> None:
+    """Create an operator who signs in at /admin with EMAIL and a password."""
+    services: Services = current_app.extensions["onward"]
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    try:
+        with session_scope(services.sessions) as session:
+            operator = operators.create_operator(session, email, password, now=services.clock())
+    except operators.OperatorError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"operator {operator.email} created; sign in at {services.settings.base_url}/admin/")
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(init_db_command)
+    app.cli.add_command(admin_group)
     app.cli.add_command(stats_command)
     app.cli.add_command(dkim_dns_command)
     app.cli.add_command(bounces)

@@ -7,8 +7,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from email.utils import formataddr, getaddresses
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+import idna
+
+from app import timing
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTANCE_DIR = PROJECT_ROOT / "instance"
@@ -32,6 +37,52 @@ def parse_interval(text: str) -> timedelta:
     if seconds <= 0:
         raise ConfigError(f"interval {text!r} must be longer than zero")
     return timedelta(seconds=seconds)
+
+
+def parse_reply_to(text: str, *, setting: str = "REPLY_TO") -> str | None:
+    """One address (optionally with a name) that replies go to; empty: none.
+
+    An internationalised domain is written in IDNA (punycode); `setting` names the
+    value in the ConfigError raised for anything but exactly one usable address.
+    """
+    value = text.strip()
+    if not value:
+        return None
+    refused = ConfigError(
+        f"{setting} must be one email address, like help@example.com, got {text!r}"
+    )
+    pairs = getaddresses([value])
+    if "\r" in value or "\n" in value or len(pairs) != 1:
+        raise refused
+    name, address = pairs[0]
+    local, _, domain = address.rpartition("@")
+    if not local or not local.isascii() or "." not in domain:
+        raise refused
+    try:
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise refused from None
+    return formataddr((name, f"{local}@{domain}"))
+
+
+def schedule_settings(env: Mapping[str, str]) -> tuple[timing.SendWindow | None, str]:
+    """SEND_WINDOW with SEND_DAYS, and DEFAULT_TIME_ZONE; a bad one raises ConfigError."""
+    window_text, days_text = env.get("SEND_WINDOW", "").strip(), env.get("SEND_DAYS", "").strip()
+    try:
+        start, end = timing.parse_window(window_text) if window_text else (0, timing.DAY_SECONDS)
+    except ValueError as error:
+        raise ConfigError(f"SEND_WINDOW: {error}") from None
+    try:
+        days = timing.parse_days(days_text) if days_text else frozenset(range(7))
+    except ValueError as error:
+        raise ConfigError(f"SEND_DAYS: {error}") from None
+    window = timing.SendWindow(start, end, days) if window_text or days_text else None
+    zone_name = env.get("DEFAULT_TIME_ZONE", "").strip() or "UTC"
+    if not timing.is_time_zone(zone_name):
+        raise ConfigError(
+            f"DEFAULT_TIME_ZONE must be an IANA time zone like Europe/London, got {zone_name!r}"
+        )
+    return window, zone_name
 
 
 @dataclass(frozen=True)
@@ -94,8 +145,16 @@ class Settings:
     dkim_key_file: Path | None = None
     dkim_selector: str = "onward"
     dkim_domain: str | None = None
+    #: Where replies to the course emails go; None: no Reply-To, no invitation to reply.
+    reply_to: str | None = None
+    # When steps go, in each subscriber's local time (see timing.py).
+    send_window: timing.SendWindow | None = None
+    default_time_zone: str = "UTC"
     #: Suppression, caps, provider webhooks and bounce mail (README, List hygiene).
     hygiene: HygieneSettings = field(default_factory=lambda: HygieneSettings())
+    # The operator's console (/admin) and /metrics.
+    admin_session_idle: timedelta = timedelta(minutes=30)
+    metrics_token: str | None = field(default=None, repr=False)
 
     # --- Delivery safety: the global send rate and SMTPUTF8 (README, Configuration) ---
     #: SEND_RATE: emails per period for all workers together; None: unlimited.
@@ -153,6 +212,7 @@ class Settings:
                 raise ConfigError(f"{name} must be a whole number above zero, got {text!r}")
             return int(text)
 
+        send_window, default_time_zone = schedule_settings(env)
         smtp_url = env.get("SMTP_URL") or None
         if smtp_url:
             SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
@@ -181,6 +241,12 @@ class Settings:
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,
+            reply_to=parse_reply_to(env.get("REPLY_TO", "")),
+            send_window=send_window,
+            default_time_zone=default_time_zone,
+            # The operator's console (/admin) and /metrics.
+            admin_session_idle=interval("ADMIN_SESSION_IDLE", "30m"),
+            metrics_token=env.get("METRICS_TOKEN") or None,
             send_rate=send_rate,
             smtp_utf8=smtp_utf8,
             hygiene=HygieneSettings.from_env(env),

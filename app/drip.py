@@ -9,20 +9,21 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import store
+from app import store, timing
+from app.config import Rate
 from app.failures import FailureClass, classify_reported
 from app.mailbox import MailboxKeys
 from app.models import (
     ENDED_STATUSES,
-    TOTAL_STEPS,
     Consent,
     Delivery,
     DeliveryStatus,
@@ -43,6 +44,7 @@ TRANSITIONS: dict[str, dict[SubscriberStatus, SubscriberStatus]] = {
     "pause": {S.ACTIVE: S.PAUSED},
     "resume": {S.PAUSED: S.ACTIVE},
     "complete": {S.ACTIVE: S.COMPLETED, S.PAUSED: S.COMPLETED},
+    "restart": {S.COMPLETED: S.ACTIVE},
     "unsubscribe": {
         S.PENDING: S.UNSUBSCRIBED,
         S.ACTIVE: S.UNSUBSCRIBED,
@@ -65,6 +67,11 @@ MAX_ATTEMPTS = 8
 SENDABLE = (S.PENDING, S.ACTIVE)
 #: Delays between retries after a temporary failure (the last repeats).
 RETRY_DELAYS = tuple(timedelta(minutes=m) for m in (1, 5, 15, 30, 60))
+#: "Send my next step now" gives at most one step in this long.
+SEND_NOW_EVERY = timedelta(days=1)
+#: "Pause for a week" pauses this long; "pause until" reaches at most this far.
+PAUSE_FOR = timedelta(days=7)
+LONGEST_PAUSE = timedelta(days=365)
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,14 @@ class Policy:
     """The timing rules of the course, from the settings."""
 
     step_interval: timedelta
+    #: How many steps the course has (from the course file).
+    total_steps: int
     confirm_resend_after: timedelta = timedelta(minutes=10)
     claim_lease: timedelta = timedelta(minutes=10)
+    #: Local hours and days steps go in; None: any time.
+    send_window: timing.SendWindow | None = None
+    #: The zone of subscribers who did not give one.
+    default_time_zone: str = "UTC"
     #: Confirmation emails one mailbox may receive per UTC day, however it is spelled.
     confirmations_per_day: int = 3
     #: This many soft bounces of one mailbox within the window suppress it.
@@ -83,6 +96,14 @@ class Policy:
 
 class InvalidEmail(ValueError):
     """The address cannot receive the course; the message says why, for the subscriber."""
+
+
+class InvalidTimeZone(ValueError):
+    """Not an IANA time zone this server knows; the message says so, for the subscriber."""
+
+
+class InvalidPause(ValueError):
+    """A pause date that cannot be used; the message says why, for the subscriber."""
 
 
 class SubscribeOutcome(StrEnum):
@@ -113,6 +134,10 @@ class PlannedEmail:
     kind: EmailKind
     number: int
     message_id: str
+    #: When the step after this one will go, if there is one.
+    next_step_at: datetime | None = None
+    #: The subscriber's time zone, for wording about that time.
+    time_zone: str = "UTC"
 
     @property
     def template(self) -> str:
@@ -151,6 +176,36 @@ def clean_name(raw: str) -> str:
     return " ".join(printable.split())[:100]
 
 
+def check_time_zone(name: str) -> str:
+    """An IANA time zone name as given, or InvalidTimeZone with a message for the subscriber."""
+    if not timing.is_time_zone(name):
+        raise InvalidTimeZone(
+            f"We don't know the time zone {name[:64]!r}: "
+            "use a name like Europe/London or America/New_York."
+        )
+    return name
+
+
+def zone_of(subscriber: Subscriber, policy: Policy) -> ZoneInfo:
+    """The subscriber's time zone, or the default one."""
+    return timing.zone(subscriber.time_zone, policy.default_time_zone)
+
+
+def _schedule(subscriber: Subscriber, earliest: datetime, policy: Policy) -> None:
+    """Make the next step due at `earliest`, moved to the subscriber's next open window."""
+    subscriber.due_after = earliest
+    subscriber.next_send_at = timing.next_open(
+        earliest, zone=zone_of(subscriber, policy), window=policy.send_window, key=subscriber.key
+    )
+
+
+def _send_at_once(subscriber: Subscriber, now: datetime) -> None:
+    """Make the next step due now, not held for the window (no `due_after` to move it by)."""
+    subscriber.due_after = None
+    subscriber.next_send_at = now
+    subscriber.claimed_until = None
+
+
 def _move(subscriber: Subscriber, action: str) -> bool:
     """Apply `action` if the subscriber's status allows it; say whether it did."""
     target = TRANSITIONS[action].get(subscriber.status)
@@ -165,6 +220,7 @@ def subscribe(
     email: str,
     *,
     first_name: str = "",
+    time_zone: str | None = None,
     source: str,
     wording: str,
     ip: str | None,
@@ -175,8 +231,11 @@ def subscribe(
     """Sign an (already normalised) address up, or re-send its confirmation if it is pending.
 
     An active, paused or completed subscription is left as it is; an ended one
-    (unsubscribed, bounced) starts afresh with a new consent record.
+    (unsubscribed, bounced) starts afresh with a new consent record. A time zone
+    that is given must be a known one (InvalidTimeZone); none means DEFAULT_TIME_ZONE.
     """
+    if time_zone is not None:
+        check_time_zone(time_zone)
     live = session.scalar(
         select(Subscriber).where(
             Subscriber.email == email, Subscriber.status.not_in(ENDED_STATUSES)
@@ -187,6 +246,7 @@ def subscribe(
     subscriber = Subscriber(
         email=email,
         first_name=clean_name(first_name),
+        time_zone=time_zone,
         status=S.PENDING,
         created_at=now,
         next_send_at=now,
@@ -242,12 +302,14 @@ def confirm(
     user_agent: str | None,
     now: datetime,
 ) -> bool:
-    """Confirm a pending subscription: step 1 becomes due now. Say whether it changed."""
+    """Confirm a pending subscription: step 1 becomes due now. Say whether it changed.
+
+    Step 1 is not held for the send window: whoever just confirmed expects it at once.
+    """
     if not _move(subscriber, "confirm"):
         return False
     subscriber.next_step = 1
-    subscriber.next_send_at = now
-    subscriber.claimed_until = None
+    _send_at_once(subscriber, now)
     subscriber.send_failures = 0
     subscriber.consent.confirmed_at = now
     subscriber.consent.confirmed_ip = ip
@@ -260,18 +322,127 @@ def pause(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
     if not _move(subscriber, "pause"):
         return False
     subscriber.paused_at = now
+    subscriber.resume_at = None
     subscriber.next_send_at = None
     return True
 
 
+def pause_until(
+    session: Session, subscriber: Subscriber, until: datetime, *, now: datetime
+) -> bool:
+    """Pause an active (or paused) course until `until`, when it resumes by itself."""
+    if subscriber.status not in (S.ACTIVE, S.PAUSED):
+        return False
+    if not now < until <= now + LONGEST_PAUSE:
+        raise InvalidPause("Please choose a date after today and within a year.")
+    pause(session, subscriber, now=now)
+    subscriber.resume_at = until
+    return True
+
+
+def pause_until_date(
+    session: Session, subscriber: Subscriber, day: date, *, policy: Policy, now: datetime
+) -> bool:
+    """Pause until the start of `day` in the subscriber's time zone; see pause_until."""
+    local_midnight = datetime.combine(day, time(0), tzinfo=zone_of(subscriber, policy))
+    return pause_until(session, subscriber, local_midnight.astimezone(UTC), now=now)
+
+
 def resume(session: Session, subscriber: Subscriber, *, policy: Policy, now: datetime) -> bool:
-    """Resume a paused course: the next step is due one step interval from now, never a burst."""
+    """Resume a paused course. Say whether it changed.
+
+    The next step comes in the first open window at least one step interval from
+    now: never a burst of the steps the pause held back.
+    """
     if not _move(subscriber, "resume"):
         return False
     subscriber.paused_at = None
-    subscriber.next_send_at = now + policy.step_interval
+    subscriber.resume_at = None
     subscriber.claimed_until = None
+    _schedule(subscriber, now + policy.step_interval, policy)
     return True
+
+
+def resume_due(session: Session, *, policy: Policy, now: datetime) -> int:
+    """Resume the timed pauses that have run out, as of their own end; return how many."""
+    ended = store.lock_pauses_ended(session, now=now)
+    for subscriber in ended:
+        # Resuming as of the pause's end keeps the schedule whatever the tick's delay.
+        resume(session, subscriber, policy=policy, now=subscriber.resume_at or now)
+    return len(ended)
+
+
+def send_next_now(
+    session: Session, subscriber: Subscriber, *, total_steps: int, now: datetime
+) -> bool:
+    """Make the next step due now, at most once per SEND_NOW_EVERY. Say whether it did.
+
+    The subscriber asked: this step is not held for the window, nor for STEP_INTERVAL.
+    """
+    if not can_send_now(session, subscriber, total_steps=total_steps, now=now):
+        return False
+    _send_at_once(subscriber, now)
+    return True
+
+
+def can_send_now(
+    session: Session, subscriber: Subscriber, *, total_steps: int, now: datetime
+) -> bool:
+    """Whether "send my next step now" would send one: no step went in SEND_NOW_EVERY."""
+    if subscriber.status != S.ACTIVE or subscriber.next_step > total_steps:
+        return False
+    last = store.last_sent_at(session, subscriber.id, EmailKind.STEP)
+    return last is None or now - last >= SEND_NOW_EVERY
+
+
+def start_again(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
+    """Take a finished course again from step 1, sent at once. Say whether it changed.
+
+    The earlier run's step rows leave the ledger (which holds one row per step), and
+    the new run's emails get new Message-IDs: mailbox providers drop a message whose
+    Message-ID they have seen, taking it for a duplicate.
+    """
+    if not _move(subscriber, "restart"):
+        return False
+    store.drop_ledger_rows(session, subscriber.id, EmailKind.STEP)
+    session.expire(subscriber, ["deliveries"])
+    subscriber.course_round += 1
+    subscriber.next_step = 1
+    subscriber.ended_at = None
+    subscriber.send_failures = 0
+    _send_at_once(subscriber, now)
+    return True
+
+
+def change_time_zone(
+    session: Session, subscriber: Subscriber, name: str, *, policy: Policy, now: datetime
+) -> bool:
+    """Use another time zone. Say whether it changed.
+
+    A step held for the window, sent or not yet, moves to the new zone's window (a
+    step due now in the old zone's morning may be the new zone's night); a step
+    sent at once (step 1, "send my next step now") stays at once.
+    """
+    check_time_zone(name)
+    if subscriber.time_zone == name:
+        return False
+    subscriber.time_zone = name
+    due_after = subscriber.due_after
+    if subscriber.status == S.ACTIVE and subscriber.next_send_at and due_after is not None:
+        _schedule(subscriber, max(due_after, now), policy)
+    return True
+
+
+def next_step_at(subscriber: Subscriber, policy: Policy, *, now: datetime) -> datetime | None:
+    """When the step after the one due now would go, if it were sent at `now`."""
+    if subscriber.status != S.ACTIVE or subscriber.next_step >= policy.total_steps:
+        return None
+    return timing.next_open(
+        now + policy.step_interval,
+        zone=zone_of(subscriber, policy),
+        window=policy.send_window,
+        key=subscriber.key,
+    )
 
 
 def unsubscribe(
@@ -353,26 +524,51 @@ def forget_unconfirmed(session: Session, *, now: datetime) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+def window_volume(
+    session: Session, *, policy: Policy, rate: Rate | None, now: datetime
+) -> tuple[int, int] | None:
+    """Steps due within any one window's length over the next day, and how many fit in it.
+
+    None without a send window or a send rate. When the first exceeds the second,
+    the global send rate holds the rest back past the window's end, later that day.
+    """
+    window = policy.send_window
+    if window is None or rate is None:
+        return None
+    due = store.due_moments(session, statuses=(S.ACTIVE,), until=now + timedelta(days=1))
+    return (
+        timing.busiest(due, window.length),
+        int(window.length.total_seconds() / rate.interval),
+    )
+
+
 def _end(subscriber: Subscriber, now: datetime) -> None:
     subscriber.ended_at = now
     subscriber.next_send_at = None
+    subscriber.due_after = None
     subscriber.claimed_until = None
     subscriber.paused_at = None
+    subscriber.resume_at = None
 
 
-def message_id_for(subscriber_key: str, kind: EmailKind, number: int, domain: str) -> str:
+def message_id_for(
+    subscriber_key: str, kind: EmailKind, number: int, domain: str, course_round: int = 1
+) -> str:
     """The Message-ID of one email: the same on every retry, so a resend can be recognised."""
-    digest = hashlib.sha256(f"{subscriber_key}:{kind}:{number}".encode()).hexdigest()[:24]
+    material = f"{subscriber_key}:{kind}:{number}"
+    if course_round > 1:
+        material += f":{course_round}"
+    digest = hashlib.sha256(material.encode()).hexdigest()[:24]
     return f"<{kind}-{number}.{digest}@{domain}>"
 
 
-def due_email(subscriber: Subscriber) -> tuple[EmailKind, int] | None:
+def due_email(subscriber: Subscriber, total_steps: int) -> tuple[EmailKind, int] | None:
     """Which email the subscription is due next, if any."""
     if subscriber.next_send_at is None:
         return None
     if subscriber.status == S.PENDING:
         return EmailKind.CONFIRMATION, subscriber.confirmations_requested
-    if subscriber.status == S.ACTIVE and subscriber.next_step <= TOTAL_STEPS:
+    if subscriber.status == S.ACTIVE and subscriber.next_step <= total_steps:
         return EmailKind.STEP, subscriber.next_step
     return None
 
@@ -401,7 +597,7 @@ def begin_delivery(
     if subscriber.claimed_until is None or subscriber.claimed_until <= now:
         # This job's claim lapsed: the subscription may be queued elsewhere by now.
         return None
-    due = due_email(subscriber)
+    due = due_email(subscriber, policy.total_steps)
     if due is None:
         return None
     kind, number = due
@@ -413,7 +609,9 @@ def begin_delivery(
             subscriber_id=subscriber.id,
             kind=kind,
             number=number,
-            message_id=message_id_for(subscriber.key, kind, number, domain),
+            message_id=message_id_for(
+                subscriber.key, kind, number, domain, subscriber.course_round
+            ),
             status=DeliveryStatus.SENDING,
             started_at=now,
         )
@@ -441,6 +639,8 @@ def begin_delivery(
         kind=kind,
         number=number,
         message_id=delivery.message_id,
+        next_step_at=next_step_at(subscriber, policy, now=now) if kind == EmailKind.STEP else None,
+        time_zone=zone_of(subscriber, policy).key,
     )
 
 
@@ -486,6 +686,7 @@ def finish_delivery(session: Session, delivery_id: int, *, policy: Policy, now: 
     delivery.status = DeliveryStatus.SENT
     delivery.sent_at = now
     delivery.error = None
+    delivery.failure_class = None
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     subscriber.send_failures = 0
     subscriber.last_error = None
@@ -501,11 +702,11 @@ def _advance(
             subscriber.next_send_at = None
         return
     subscriber.next_step = max(subscriber.next_step, number + 1)
-    if subscriber.next_step > TOTAL_STEPS:
+    if subscriber.next_step > policy.total_steps:
         if _move(subscriber, "complete"):
             _end(subscriber, now)
     elif subscriber.status == S.ACTIVE:
-        subscriber.next_send_at = now + policy.step_interval
+        _schedule(subscriber, now + policy.step_interval, policy)
 
 
 def defer_delivery(
@@ -518,6 +719,7 @@ def defer_delivery(
     keys: MailboxKeys,
     bounces: bool = False,
     retry_at: datetime | None = None,
+    failure_class: FailureClass | None = None,
 ) -> datetime | None:
     """This email failed for now: it waits, then is tried again. Return when, or None if given up.
 
@@ -525,17 +727,27 @@ def defer_delivery(
     towards MAX_ATTEMPTS, with growing backoff; then it is given up, bouncing the
     address only if `bounces`. Other failures (the relay, our sender) wait until
     `retry_at` and never count. The wait is the subscription's `next_send_at`,
-    so every job that might run the retry respects it.
+    so every job that might run the retry respects it. `failure_class` is kept on the
+    ledger row for operators.
     """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.DEFERRED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     if counts:
         subscriber.send_failures += 1
         if subscriber.send_failures >= MAX_ATTEMPTS:
-            fail_delivery(session, delivery_id, error=error, now=now, bounce=bounces, keys=keys)
+            fail_delivery(
+                session,
+                delivery_id,
+                error=error,
+                now=now,
+                bounce=bounces,
+                keys=keys,
+                failure_class=failure_class,
+            )
             return None
     if retry_at is None:
         failures = max(subscriber.send_failures, 1)
@@ -553,6 +765,7 @@ def fail_delivery(
     now: datetime,
     bounce: bool,
     keys: MailboxKeys,
+    failure_class: FailureClass | None = None,
 ) -> None:
     """Give an email up: it is marked failed for the operator to see.
 
@@ -564,6 +777,7 @@ def fail_delivery(
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     subscriber.claimed_until = None
     if not bounce:
@@ -582,9 +796,9 @@ def fail_delivery(
     bounced(session, subscriber, keys=keys, now=now)
 
 
-def progress(subscriber: Subscriber) -> int:
-    """How many course steps the subscriber has received."""
-    return min(subscriber.next_step - 1, TOTAL_STEPS)
+def progress(subscriber: Subscriber, total_steps: int) -> int:
+    """How many of the course's `total_steps` steps the subscriber has received."""
+    return min(subscriber.next_step - 1, total_steps)
 
 
 @dataclass(frozen=True)
@@ -736,3 +950,16 @@ class HygieneFigures:
     def complaint_rate(self) -> float:
         """Complaints per email sent in the period (0 when nothing was sent)."""
         return self.complaints / self.sent if self.sent else 0.0
+
+
+def send_now(session: Session, subscriber: Subscriber, *, total_steps: int, now: datetime) -> bool:
+    """Make an active subscription's next step due now (an operator's choice).
+
+    Say whether it changed; a claim a worker holds is left alone, so nothing goes twice.
+    """
+    if subscriber.status != S.ACTIVE or subscriber.next_step > total_steps:
+        return False
+    if subscriber.next_send_at is not None and subscriber.next_send_at <= now:
+        return False
+    subscriber.next_send_at = now
+    return True

@@ -124,7 +124,9 @@ class SmtpMailer:
             except smtplib.SMTPRecipientsRefused as error:
                 code, reason = next(iter(error.recipients.values()))
                 self._drop_after(code)
-                raise _failure(Stage.RCPT, code, reason, f"recipient {to} refused") from error
+                # The address stays out of the error: the ledger row names the subscriber,
+                # and refusals of many addresses then read (and group) as one.
+                raise _failure(Stage.RCPT, code, reason, "recipient refused") from error
             except smtplib.SMTPSenderRefused as error:
                 self._drop_after(error.smtp_code)
                 raise _failure(

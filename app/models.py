@@ -11,8 +11,6 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
 
-TOTAL_STEPS = 10
-
 
 class SubscriberStatus(StrEnum):
     """Where a subscription stands; `drip.TRANSITIONS` says how it may move."""
@@ -68,6 +66,10 @@ class Subscriber(Base):
             postgresql_where=text("status NOT IN ('unsubscribed', 'bounced')"),
             sqlite_where=text("status NOT IN ('unsubscribed', 'bounced')"),
         ),
+        # The console counts subscriptions by status and step from this index alone,
+        # and finds any address (ended ones too) by equality.
+        Index("ix_subscriber_status_next_step", "status", "next_step"),
+        Index("ix_subscriber_email", "email"),
         {"sqlite_autoincrement": True},
     )
 
@@ -76,7 +78,7 @@ class Subscriber(Base):
     email: Mapped[str] = mapped_column(String(320))
     first_name: Mapped[str] = mapped_column(String(100), default="")
     status: Mapped[SubscriberStatus] = mapped_column(String(16), default=SubscriberStatus.PENDING)
-    #: The course step to send next (1..TOTAL_STEPS).
+    #: The course step to send next (1 up to the course's step count; past it: done).
     next_step: Mapped[int] = mapped_column(Integer, default=1)
     #: When the next email (confirmation or step) is due; NULL when nothing is.
     next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -91,6 +93,15 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The subscriber's IANA time zone; NULL: the DEFAULT_TIME_ZONE setting.
+    time_zone: Mapped[str | None] = mapped_column(String(64))
+    #: The earliest the next step may go, before the send window moves it later; NULL
+    #: for a step sent at once, never held for a window (step 1, "send my next step now").
+    due_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A paused course resumes by itself then ("pause for a week", "pause until").
+    resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: Which run through the course this is (1, then 2 after "start again").
+    course_round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     consent: Mapped[Consent] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", uselist=False
@@ -128,7 +139,12 @@ class Delivery(Base):
     """The ledger: one row per email a subscription is due, so no email is sent twice."""
 
     __tablename__ = "delivery"
-    __table_args__ = (UniqueConstraint("subscriber_id", "kind", "number"),)
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "kind", "number"),
+        # The console's emails per day, and its counts of deferred and failed emails by step.
+        Index("ix_delivery_sent_at", "sent_at"),
+        Index("ix_delivery_status_kind_number", "status", "kind", "number"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
@@ -143,6 +159,8 @@ class Delivery(Base):
     #: When the recipient's mail server reported the email delivered (a provider event).
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    #: Who the last failure was about (app.failures.FailureClass); NULL once sent.
+    failure_class: Mapped[str | None] = mapped_column(String(24))
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="deliveries")
 
@@ -224,3 +242,46 @@ class ConfirmationCount(Base):
     mailbox_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Operator(Base):
+    """Someone who may sign in to the console at /admin (`flask admin create EMAIL`)."""
+
+    __tablename__ = "operator"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    #: An argon2id hash in PHC string form; never the password itself.
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OperatorSession(Base):
+    """A signed-in console session: the cookie holds a random token, the table its hash."""
+
+    __tablename__ = "operator_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: SHA-256 of the token in the operator's cookie: a copy of this table signs nobody in.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operator.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    operator: Mapped[Operator] = relationship()
+
+
+class AuditEntry(Base):
+    """One action an operator took in the console, kept after the subscription is erased."""
+
+    __tablename__ = "audit_entry"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The operator's address at the time, so the entry outlives the operator's account.
+    operator_email: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(32))
+    #: Not a foreign key: the entry stays when the subscription is erased.
+    subscriber_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -13,13 +13,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
 from redis.exceptions import RedisError
 from rq.job import JobStatus
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import drip, store
+from app import drip, store, timing
 from app.breaker import Gate
 from app.db import session_scope
 from app.emails import EmailTemplateError, Recipient, build_message, envelope_address, render
@@ -190,6 +191,7 @@ def _send_one(
         first_name=planned.first_name,
         links=services.links(planned.subscriber_key),
         message_id=planned.message_id,
+        next_step_when=next_step_when(planned, now),
     )
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
@@ -198,7 +200,14 @@ def _send_one(
         # Our template or settings: never the subscriber's fault. The step waits
         # (without counting) until the template is fixed; reported once per template.
         _report_broken_template(services, planned.template, error)
-        _defer(services, planned, f"template {planned.template}: {error!r}", now, counts=False)
+        _defer(
+            services,
+            planned,
+            f"template {planned.template}: {error!r}",
+            now,
+            counts=False,
+            failure_class=FailureClass.OURS,
+        )
         return Outcome("deferred")
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
@@ -232,11 +241,14 @@ def _failed(
                 now=now,
                 bounce=True,
                 keys=services.mailbox_keys,
+                failure_class=cls,
             )
         log.info("subscriber %s bounced: %s", planned.subscriber_id, error)
         return Outcome("bounced")
     if cls in (FailureClass.RECIPIENT_TEMPORARY, FailureClass.OURS):
-        retry_at = _defer(services, planned, error, now, counts=True, bounces=cls.bounces)
+        retry_at = _defer(
+            services, planned, error, now, counts=True, bounces=cls.bounces, failure_class=cls
+        )
         if retry_at is not None:
             return Outcome("deferred")
         return Outcome("bounced" if cls.bounces else "failed")
@@ -246,11 +258,11 @@ def _failed(
         else:
             log.warning("relay is throttling us and SEND_RATE is unset, pausing: %s", error)
         retry_at = now + drip.RETRY_DELAYS[0]
-        _defer(services, planned, error, now, counts=False, retry_at=retry_at)
+        _defer(services, planned, error, now, counts=False, retry_at=retry_at, failure_class=cls)
         return Outcome("deferred", stop=True, retry_at=retry_at)
     # The sender, the message's policy or the relay: stop everyone, bounce nobody.
     until = services.breaker.failed(now, f"{error} ({failure.rule.why})")
-    _defer(services, planned, error, now, counts=False, retry_at=until)
+    _defer(services, planned, error, now, counts=False, retry_at=until, failure_class=cls)
     return Outcome("deferred", stop=True, retry_at=until)
 
 
@@ -259,7 +271,14 @@ def _poison(
 ) -> Outcome:
     """An email we could not build or encode: counted towards its cap, never a bounce."""
     log.error("cannot send delivery %s (%s): %r", planned.delivery_id, planned.template, error)
-    retry_at = _defer(services, planned, f"cannot send: {error!r}", now, counts=True)
+    retry_at = _defer(
+        services,
+        planned,
+        f"cannot send: {error!r}",
+        now,
+        counts=True,
+        failure_class=FailureClass.OURS,
+    )
     return Outcome("deferred" if retry_at is not None else "failed")
 
 
@@ -277,6 +296,13 @@ def _hand_back(services: Services, ids: list[int], retry_at: datetime | None) ->
     """Give the batch's unsent claims back; with `retry_at` they wait until then."""
     with session_scope(services.sessions) as session:
         store.release_claims(session, ids, retry_at=retry_at)
+
+
+def next_step_when(planned: drip.PlannedEmail, now: datetime) -> str:
+    """When the step after this email arrives, in the subscriber's words and zone."""
+    if planned.next_step_at is None:
+        return "soon"
+    return timing.describe(planned.next_step_at, now=now, zone=ZoneInfo(planned.time_zone))
 
 
 def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
@@ -303,6 +329,7 @@ def _defer(
     counts: bool,
     bounces: bool = False,
     retry_at: datetime | None = None,
+    failure_class: FailureClass,
 ) -> datetime | None:
     with session_scope(services.sessions) as session:
         retry = drip.defer_delivery(
@@ -314,6 +341,7 @@ def _defer(
             bounces=bounces,
             retry_at=retry_at,
             keys=services.mailbox_keys,
+            failure_class=failure_class,
         )
     if retry is None:
         log.warning(

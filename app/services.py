@@ -12,8 +12,10 @@ from rq import Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import timing
 from app.breaker import Breaker
 from app.config import ConfigError, Settings
+from app.course import Course, load_course
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
@@ -75,8 +77,11 @@ class Services:
         """The course timing rules."""
         return Policy(
             step_interval=self.settings.step_interval,
+            total_steps=self.course.step_count,
             confirm_resend_after=self.settings.confirm_resend_after,
             claim_lease=self.settings.claim_lease,
+            send_window=self.settings.send_window,
+            default_time_zone=self.settings.default_time_zone,
             confirmations_per_day=self.settings.hygiene.confirmations_per_day,
             soft_bounce_limit=self.settings.hygiene.soft_bounce_limit,
             soft_bounce_window=self.settings.hygiene.soft_bounce_window,
@@ -93,9 +98,17 @@ class Services:
         return LinkSigner(self.settings.secret_key, confirm_max_age=self.settings.confirm_max_age)
 
     @cached_property
+    def course(self) -> Course:
+        """The course: its steps, subjects and wording, from EMAILS_DIR/course.toml."""
+        return load_course(self.settings.emails_dir)
+
+    @cached_property
     def catalog(self) -> EmailCatalog:
-        """Every email, compiled from MJML once per process."""
-        return EmailCatalog(self.settings.emails_dir)
+        """Every email of the course, compiled from MJML once per process.
+
+        `checks.check_emails` renders each for a sample recipient when a process starts.
+        """
+        return EmailCatalog(self.course)
 
     @cached_property
     def sender(self) -> Sender:
@@ -106,6 +119,11 @@ class Services:
             postal_address=settings.postal_address,
             base_url=settings.base_url,
             confirm_max_age=settings.confirm_max_age,
+            # REPLY_TO, where set, overrides the course file's address.
+            reply_to=settings.reply_to or self.course.reply_to,
+            list_title=self.course.title,
+            list_id=self.course.list_id,
+            cadence=timing.cadence(settings.step_interval, settings.send_window),
         )
 
     @cached_property

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -148,6 +148,54 @@ def add_ledger_row(session: Session, delivery: Delivery) -> bool:
     except IntegrityError:
         return False
     return True
+
+
+def last_sent_at(session: Session, subscriber_id: int, kind: EmailKind) -> datetime | None:
+    """When the subscription's last email of `kind` was sent, if one was."""
+    return session.scalar(
+        select(func.max(Delivery.sent_at)).where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.kind == kind,
+            Delivery.status == DeliveryStatus.SENT,
+        )
+    )
+
+
+def drop_ledger_rows(session: Session, subscriber_id: int, kind: EmailKind) -> None:
+    """Remove the subscription's ledger rows of `kind` (a course taken again starts afresh)."""
+    session.execute(
+        delete(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.kind == kind)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def lock_pauses_ended(session: Session, *, now: datetime) -> list[Subscriber]:
+    """Paused subscriptions whose `resume_at` has come, locked for this transaction.
+
+    On PostgreSQL two schedulers skip each other's rows, so each pause ends once.
+    """
+    query = select(Subscriber).where(
+        Subscriber.status == SubscriberStatus.PAUSED, Subscriber.resume_at <= now
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def due_moments(
+    session: Session, *, statuses: tuple[SubscriberStatus, ...], until: datetime
+) -> list[datetime]:
+    """When each subscription in `statuses` is next due, for those due before `until`."""
+    return [
+        moment
+        for moment in session.scalars(
+            select(Subscriber.next_send_at).where(
+                Subscriber.status.in_(statuses), Subscriber.next_send_at < until
+            )
+        )
+        if moment is not None
+    ]
 
 
 def counts(session: Session, *, now: datetime) -> dict[str, int]:

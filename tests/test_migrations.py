@@ -112,7 +112,17 @@ def normalize_create_table(sql: str) -> str:
     head, _, body = sql.partition("(")
     if not head.startswith("CREATE TABLE"):
         return sql
-    lines = sorted(line.strip().rstrip(",") for line in body.rsplit(")", 1)[0].split("\n"))
+    # Split at the top-level commas: a column added by ALTER TABLE shares its line.
+    items, depth, current = [], 0, ""
+    for char in body.rsplit(")", 1)[0]:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    lines = sorted(" ".join(item.split()) for item in items)
     # A table rebuilt by a batch migration is renamed into place, which quotes its name.
     head = head.replace('"', "")
     return head + "(" + ", ".join(line for line in lines if line) + ")"

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from datetime import timedelta
 from types import FrameType
 
@@ -22,6 +23,7 @@ from app.config import ConfigError
 from app.db import session_scope
 from app.sending import dispatch
 from app.services import Services
+from app.ticks import record_tick
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,30 @@ HOUSEKEEPING_INTERVAL = timedelta(hours=1)
 
 
 def tick(services: Services) -> int:
-    """Queue every email due now; return how many subscriptions were queued."""
-    return dispatch(services, now=services.clock())
+    """Resume timed pauses that ran out, then queue every email due now; return how many."""
+    started = time.monotonic()
+    with session_scope(services.sessions) as session:
+        resumed = drip.resume_due(session, policy=services.policy, now=services.clock())
+    if resumed:
+        log.info("resumed %d courses whose pause ran out", resumed)
+    queued = dispatch(services, now=services.clock())
+    record_tick(services, time.monotonic() - started)
+    return queued
+
+
+def check_window_volume(services: Services) -> tuple[int, int] | None:
+    """Warn when more steps are due in one send window than SEND_RATE can send in it."""
+    with session_scope(services.sessions) as session:
+        volume = drip.window_volume(
+            session, policy=services.policy, rate=services.settings.send_rate, now=services.clock()
+        )
+    if volume is not None and volume[0] > volume[1]:
+        log.warning(
+            "%d steps are due within one send window but SEND_RATE sends %d in it: "
+            "the rest go after the window closes, later that day",
+            *volume,
+        )
+    return volume
 
 
 def housekeeping(services: Services) -> int:
@@ -52,6 +76,7 @@ def run_forever(services: Services, stop: threading.Event) -> None:
                 forgotten = housekeeping(services)
                 if forgotten:
                     log.info("forgot %d sign-ups never confirmed", forgotten)
+                check_window_volume(services)
                 next_housekeeping = services.clock() + HOUSEKEEPING_INTERVAL
             queued = tick(services)
             if queued:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from app import drip
 from app.web.pages import sign_up
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -19,7 +20,11 @@ def _error(status: int, code: str, message: str) -> tuple[Response, int]:
 
 @bp.post("/subscribe")
 def subscribe() -> tuple[Response, int]:
-    """Sign up `{"email": ..., "first_name": ...}`: 202 for every valid address, 400 if not."""
+    """Sign up `{"email": ..., "first_name": ..., "time_zone": ...}`: 202, or 400 if invalid.
+
+    `time_zone` (optional) is an IANA name like Europe/London; without it the
+    course follows DEFAULT_TIME_ZONE.
+    """
     if not request.is_json:
         return _error(
             415, "unsupported_media_type", "Send a JSON body (Content-Type: application/json)."
@@ -30,7 +35,15 @@ def subscribe() -> tuple[Response, int]:
     email, first_name = payload.get("email", ""), payload.get("first_name") or ""
     if not isinstance(email, str) or not isinstance(first_name, str):
         return _error(400, "invalid_field", "email and first_name must be strings.")
-    error = sign_up(email, first_name, source="api")
+    time_zone = payload.get("time_zone")
+    if time_zone is not None and not isinstance(time_zone, str):
+        return _error(400, "invalid_field", "time_zone must be a string.")
+    if time_zone:
+        try:
+            drip.check_time_zone(time_zone)
+        except drip.InvalidTimeZone as zone_error:
+            return _error(400, "invalid_time_zone", str(zone_error))
+    error = sign_up(email, first_name, source="api", time_zone=time_zone or None)
     if error:
         return _error(400, "invalid_email", error)
     return jsonify(status="accepted", message=ACCEPTED_MESSAGE), 202

@@ -17,9 +17,10 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from app import drip
 from app.db import session_scope
-from app.models import TOTAL_STEPS, Subscriber, SubscriberStatus
+from app.models import Subscriber, SubscriberStatus
 from app.tokens import Purpose
 from app.web import services
+from app.web.pacing import PACING_ACTIONS, SEND_AT_ONCE, in_words, pace, pacing_context
 from app.web.pages import client_ip, send_soon
 
 bp = Blueprint("links", __name__)
@@ -40,13 +41,18 @@ def subscriber_from(purpose: Purpose, token: str) -> Iterator[tuple[Session, Sub
 
 
 #: What a subscriber can do to their subscription from a link or the manage page.
-ACTIONS = ("pause", "resume", "unsubscribe", "delete")
+ACTIONS = ("pause", "resume", "unsubscribe", "delete", *PACING_ACTIONS)
 
 
 def take_action(action: str, session: Session, subscriber: Subscriber) -> bool:
-    """Do one of ACTIONS to the subscription; say whether it changed anything."""
+    """Do one of ACTIONS to the subscription; say whether it changed anything.
+
+    A pacing action with bad input raises InvalidPause or InvalidTimeZone.
+    """
     svc = services()
     now = svc.clock()
+    if action in PACING_ACTIONS:
+        return pace(action, session, subscriber, request.form)
     if action == "pause":
         return drip.pause(session, subscriber, now=now)
     if action == "resume":
@@ -64,17 +70,16 @@ def confirm(token: str) -> str:
             # Only the button (a POST) confirms: mail scanners GET and HEAD links too.
             return render_template("confirm.html", subscriber=subscriber, token=token)
         svc = services()
+        now = svc.clock()
         drip.confirm(
-            session,
-            subscriber,
-            ip=client_ip(),
-            user_agent=request.user_agent.string,
-            now=svc.clock(),
+            session, subscriber, ip=client_ip(), user_agent=request.user_agent.string, now=now
         )
         subscriber_id = subscriber.id
         manage_url = svc.links(subscriber.key).manage_url
+        # Step 1 goes now; step 2 one interval later, in the subscriber's window.
+        step_two = in_words(drip.next_step_at(subscriber, svc.policy, now=now), subscriber)
     send_soon(subscriber_id)
-    return render_template("confirmed.html", manage_url=manage_url)
+    return render_template("confirmed.html", manage_url=manage_url, step_two=step_two)
 
 
 @bp.route("/pause/<token>", methods=["GET", "POST"])
@@ -88,6 +93,7 @@ def pause(token: str) -> str:
             subscriber=subscriber,
             token=token,
             resumed=changed and action == "resume",
+            next_when=in_words(subscriber.next_send_at, subscriber),
             manage_url=svc.links(subscriber.key).manage_url,
         )
 
@@ -109,22 +115,46 @@ def unsubscribe(token: str) -> str:
 
 @bp.get("/manage/<token>")
 def manage(token: str) -> str:
-    with subscriber_from(Purpose.MANAGE, token) as (_session, subscriber):
-        return render_template(
-            "manage.html",
-            subscriber=subscriber,
-            token=token,
-            received=drip.progress(subscriber),
-            total=TOTAL_STEPS,
-        )
+    with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
+        return manage_page(session, subscriber, token)
+
+
+def manage_page(
+    session: Session, subscriber: Subscriber, token: str, *, error: str | None = None
+) -> str:
+    """The manage page: status, steps received (each readable again), pacing actions."""
+    svc = services()
+    total = svc.course.step_count
+    received = drip.progress(subscriber, total)
+    links = svc.links(subscriber.key)
+    return render_template(
+        "manage.html",
+        subscriber=subscriber,
+        token=token,
+        received=received,
+        total=total,
+        # Each step received, linked to its "read in your browser" page.
+        read_urls=[
+            (step.number, step.subject, links.step_url(step.number))
+            for step in svc.course.steps[:received]
+        ],
+        pacing=pacing_context(session, subscriber, error=error),
+    )
 
 
 @bp.post("/manage/<token>/<action>")
-def manage_action(token: str, action: str) -> BaseResponse | str:
+def manage_action(token: str, action: str) -> BaseResponse | tuple[str, int] | str:
     with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
         if action not in ACTIONS:
             raise NotFound("There is no such action.")
-        take_action(action, session, subscriber)
+        try:
+            changed = take_action(action, session, subscriber)
+        except (drip.InvalidPause, drip.InvalidTimeZone) as error:
+            session.rollback()
+            return manage_page(session, subscriber, token, error=str(error)), 400
+        subscriber_id = subscriber.id
+    if changed and action in SEND_AT_ONCE:
+        send_soon(subscriber_id)
     if action == "delete":
         return render_template(
             "message.html",
@@ -158,9 +188,11 @@ def subscriber_data(subscriber: Subscriber) -> dict[str, object]:
         "email": subscriber.email,
         "first_name": subscriber.first_name,
         "status": str(subscriber.status),
-        "steps_received": drip.progress(subscriber),
+        "steps_received": drip.progress(subscriber, services().course.step_count),
         "signed_up_at": when(subscriber.created_at),
         "next_email_at": when(subscriber.next_send_at),
+        "time_zone": subscriber.time_zone,
+        "paused_until": when(subscriber.resume_at),
         "consent": {
             "source": consent.source,
             "wording": consent.wording,

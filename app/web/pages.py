@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, render_template, request
 from redis.exceptions import RedisError
 
-from app import drip, ratelimit
+from app import drip, ratelimit, timing
 from app.config import ConfigError
 from app.db import session_scope
 from app.sending import dispatch
@@ -15,13 +15,6 @@ from app.web import TooManyAttempts, services
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
-
-#: What the visitor agrees to; stored with each consent record.
-CONSENT_WORDING = (
-    "Send me the free course '10 steps to recover from job rejection': a confirmation "
-    "email now, then one short email every few days, ten in all. I can pause or "
-    "unsubscribe at any time."
-)
 
 
 def client_ip() -> str | None:
@@ -50,10 +43,13 @@ def within_rate_limit(key: str) -> bool:
     return ratelimit.allow(redis, key, limit=limit, window_seconds=3600)
 
 
-def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
+def sign_up(
+    email_input: str, first_name: str, *, source: str, time_zone: str | None = None
+) -> str | None:
     """Sign an address up; return an error message for the visitor, or None if accepted.
 
     The answer is the same whether the address is new, pending or already subscribed.
+    `time_zone` must be a known zone (the callers check it); None: DEFAULT_TIME_ZONE.
     """
     svc = services()
     settings = svc.settings
@@ -73,8 +69,9 @@ def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
             session,
             email,
             first_name=first_name,
+            time_zone=time_zone,
             source=source,
-            wording=CONSENT_WORDING,
+            wording=svc.course.consent_wording,
             ip=client_ip(),
             user_agent=request.user_agent.string,
             policy=svc.policy,
@@ -88,7 +85,21 @@ def sign_up(email_input: str, first_name: str, *, source: str) -> str | None:
 
 @bp.get("/")
 def index() -> str:
-    return render_template("index.html", wording=CONSENT_WORDING, error=None, form={})
+    return sign_up_page(error=None, form={})
+
+
+def sign_up_page(*, error: str | None, form: dict[str, str]) -> str:
+    """The sign-up page, with how often the steps come (from STEP_INTERVAL)."""
+    course = services().course
+    every = timing.every(services().settings.step_interval)
+    return render_template(
+        "index.html",
+        wording=course.consent_wording,
+        credit=course.credit,
+        error=error,
+        form=form,
+        every=every,
+    )
 
 
 @bp.post("/subscribe")
@@ -97,8 +108,16 @@ def subscribe_form() -> tuple[str, int] | str:
         # The honeypot field is hidden from people; only bots fill it in.
         return render_template("check_inbox.html")
     email = request.form.get("email", "")
-    error = sign_up(email, request.form.get("first_name", ""), source="form")
+    # The browser fills the hidden field; one we do not know (an old browser) falls
+    # back to the default zone, since the visitor could not correct it.
+    time_zone = request.form.get("time_zone", "").strip()
+    error = sign_up(
+        email,
+        request.form.get("first_name", ""),
+        source="form",
+        time_zone=time_zone if timing.is_time_zone(time_zone) else None,
+    )
     if error:
         form = {"email": email, "first_name": request.form.get("first_name", "")}
-        return render_template("index.html", wording=CONSENT_WORDING, error=error, form=form), 400
+        return sign_up_page(error=error, form=form), 400
     return render_template("check_inbox.html")

@@ -3,7 +3,7 @@ confirmation caps per mailbox, and when a delivery was reported delivered.
 
 
 Revision ID: 498d5c92f8c0
-Revises: 297cdbf95f7f
+Revises: 5d1e0c7a9b31
 Create Date: 2026-11-29 12:09:19.620361
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "498d5c92f8c0"
-down_revision: str | Sequence[str] | None = "297cdbf95f7f"
+down_revision: str | Sequence[str] | None = "5d1e0c7a9b31"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
