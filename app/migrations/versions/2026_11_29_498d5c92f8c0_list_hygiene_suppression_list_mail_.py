@@ -56,8 +56,8 @@ def upgrade() -> None:
     # A table rebuild on SQLite, so the table reads as create_all would make it.
     # SQLite: rebuild the table so the new column sits where create_all puts it.
     # PostgreSQL: a plain ALTER (a rebuild would leave the id sequence renamed).
-    recreate = "always" if op.get_bind().dialect.name == "sqlite" else "auto"
-    with op.batch_alter_table("delivery", recreate=recreate) as batch_op:
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    with op.batch_alter_table("delivery", recreate="always" if sqlite else "auto") as batch_op:
         batch_op.add_column(sa.Column("delivered_at", sa.DateTime(), nullable=True))
 
 
