@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from app import console, operators
+from app import console, drip, operators
 from app.config import DEFAULT_EMAILS_DIR, Rate
 from app.course import load_course
 from app.db import session_scope
@@ -25,6 +25,7 @@ from app.models import (
     Delivery,
     DeliveryStatus,
     EmailKind,
+    MailEventKind,
     OperatorSession,
     Subscriber,
     SubscriberStatus,
@@ -396,6 +397,29 @@ def test_the_overview_counts_by_status_per_day_and_what_is_due(
     )
     assert "<dd>Closed: sending</dd>" in page
     assert "Unlimited (SEND_RATE is not set)" in page
+    assert "<dt>Complaints, last 7 days</dt><dd>0 (0.00 % of emails sent)</dd>" in page
+
+    # A feedback-loop report: counted on the overview against the emails sent.
+    with session_scope(services.sessions) as session:
+        address = session.scalars(
+            select(Subscriber.email).where(Subscriber.status == S.ACTIVE)
+        ).first()
+        assert address is not None
+        report = drip.Report(
+            source="arf",
+            event_id="complaint-1",
+            kind=MailEventKind.COMPLAINT,
+            occurred_at=now,
+            recipient=address,
+        )
+        drip.apply_report(
+            session, report, keys=services.mailbox_keys, policy=services.policy, now=now
+        )
+        figures = drip.hygiene_counts(session, now=now)
+    assert figures.complaints == 1 and figures.sent > 0
+    page = client.get("/admin/", base_url=HTTPS).get_data(as_text=True)
+    rate = "%.2f" % (100 / figures.sent)
+    assert f"<dt>Complaints, last 7 days</dt><dd>1 ({rate} % of emails sent" in page
 
 
 def test_search_finds_addresses_and_pages_by_status(
@@ -462,13 +486,16 @@ def test_problems_group_errors_and_name_templates_that_fail_to_render(
     # A template that refers to a value no email has fails at render time.
     emails = tmp_path / "emails"
     emails.mkdir()
-    for source in services.settings.emails_dir.glob("*.mjml"):
+    for source in services.settings.emails_dir.iterdir():  # course.toml and the templates
+        if not source.is_file():
+            continue
         text = source.read_text()
         if source.name == "step-03.mjml":
             text = text.replace("</mj-text>", "{{ no_such_value }}</mj-text>", 1)
         (emails / source.name).write_text(text)
     services.settings = services.settings.with_changes(emails_dir=emails)
-    del services.__dict__["catalog"]
+    for cached in ("catalog", "course"):
+        services.__dict__.pop(cached, None)
     page = client.get("/admin/problems", base_url=HTTPS).get_data(as_text=True)
     assert "<strong>step-03</strong>: UndefinedError" in page
 

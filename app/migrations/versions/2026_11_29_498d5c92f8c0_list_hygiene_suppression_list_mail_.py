@@ -54,7 +54,10 @@ def upgrade() -> None:
         sa.UniqueConstraint("mailbox_hash"),
     )
     # A table rebuild on SQLite, so the table reads as create_all would make it.
-    with op.batch_alter_table("delivery", recreate="always") as batch_op:
+    # SQLite: rebuild the table so the new column sits where create_all puts it.
+    # PostgreSQL: a plain ALTER (a rebuild would leave the id sequence renamed).
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    with op.batch_alter_table("delivery", recreate="always" if sqlite else "auto") as batch_op:
         batch_op.add_column(sa.Column("delivered_at", sa.DateTime(), nullable=True))
 
 

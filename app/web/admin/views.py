@@ -38,6 +38,7 @@ def overview() -> str:
         due = console.due(session, now=now)
         deliveries = console.delivery_counts(session)
         sent_last_minute = console.sent_last_minute(session, now=now)
+        hygiene = drip.hygiene_counts(session, now=now)
     queue: console.QueueState | None = None
     relay: console.Relay | None = None
     try:
@@ -64,6 +65,8 @@ def overview() -> str:
         queue_age=(now - queue.oldest_enqueued_at) if queue and queue.oldest_enqueued_at else None,
         relay=relay,
         sent_last_minute=sent_last_minute,
+        hygiene=hygiene,
+        complaint_limit=drip.GMAIL_COMPLAINT_LIMIT,
         now=now,
     )
 
