@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench previews lint format install clean
+.PHONY: run test bench bench-console previews lint format install clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.sending
+
+# The console's overview and funnel over a million subscriptions on PostgreSQL:
+# BENCH_DATABASE_URL names a database of its own (it is emptied and reseeded).
+bench-console: $(STAMP)
+	$(PY) -m bench.console
 
 previews: $(STAMP)
 	$(PY) -m app.dev.previews

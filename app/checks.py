@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from jinja2 import TemplateError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import DEV_SECRET_KEY, ConfigError, Settings
+from app.course import CourseError
 from app.db import utcnow
 from app.emails import EmailTemplateError, build_message, render
 from app.logs import configure_logging
@@ -58,14 +60,22 @@ def check_base_url(base_url: str) -> None:
 
 
 def check_emails(services: Services) -> None:
-    """Raise ConfigError if any email cannot be rendered and built for a sample recipient."""
+    """Raise ConfigError unless the course loads and every email builds for a sample recipient."""
+    try:
+        catalog = services.catalog
+        sender = services.sender
+    except (CourseError, EmailTemplateError) as error:
+        raise ConfigError(f"the course in EMAILS_DIR cannot be used: {error}") from None
     recipient = services.sample_recipient()
-    for name in services.catalog.names:
+    for name in catalog.names:
         try:
-            rendered = render(services.catalog.get(name), services.sender, recipient)
-            build_message(rendered, services.sender, recipient, now=utcnow()).as_bytes()
+            rendered = render(catalog.get(name), sender, recipient)
+            build_message(rendered, sender, recipient, now=utcnow()).as_bytes()
         except Exception as error:  # any failure here would fail every send of this email
-            raise ConfigError(f"email {name} cannot be built: {error!r}") from None
+            detail = f"{name}.mjml: {error}" if isinstance(error, TemplateError) else repr(error)
+            raise ConfigError(f"email {name} cannot be built: {detail}") from None
+        if not rendered.subject or not rendered.text.strip():
+            raise ConfigError(f"email {name} renders an empty subject or body")
 
 
 def start_process(name: str) -> Services:
@@ -84,9 +94,6 @@ def start_process(name: str) -> Services:
         services.queue  # noqa: B018
         services.dkim  # noqa: B018
         check_emails(services)
-    except EmailTemplateError as error:
-        services.close()
-        raise ConfigError(f"the email templates cannot be compiled: {error}") from None
     except ConfigError:
         services.close()
         raise

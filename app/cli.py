@@ -1,13 +1,17 @@
-"""Flask CLI commands: `flask --app app init-db`, `flask --app app stats`."""
+"""Flask CLI commands: `flask --app app init-db`, `stats`, `dkim-dns`, `admin create`."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 
-from app import drip, store
+from app import drip, operators, store
+from app.bounces import BounceSourceError, ImapMailbox, apply_letters, from_maildir, from_mbox
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
 from app.services import Services
@@ -54,6 +58,57 @@ def stats_command() -> None:
         click.echo(f"{name:28s} {figures[name]}")
     for delivery_id, subscriber_id, template, reason in failed:
         click.echo(f"failed email {delivery_id}: subscriber {subscriber_id} {template}: {reason}")
+    with session_scope(services.sessions) as session:
+        hygiene = drip.hygiene_counts(session, now=services.clock())
+    for line in hygiene_lines(hygiene):
+        click.echo(line)
+
+
+def hygiene_lines(figures: drip.HygieneFigures) -> list[str]:
+    """Bounces and complaints per email and per day, and the complaint rate against Gmail's."""
+    lines = [f"bounces and complaints, last {figures.days} days:"]
+    kinds = [str(kind) for kind in drip.HYGIENE_KINDS]
+    lines.append(f"  {'':12s} " + " ".join(f"{kind:>11s}" for kind in kinds))
+    for title, table in (("per email", figures.per_step), ("per day", figures.per_day)):
+        lines.append(f"  {title}:")
+        for row in sorted({key for key, _kind in table}):
+            counts = " ".join(f"{table.get((row, kind), 0):>11d}" for kind in kinds)
+            lines.append(f"  {row:12s} {counts}")
+    limit = drip.GMAIL_COMPLAINT_LIMIT
+    verdict = "OVER" if figures.complaint_rate >= limit else "under"
+    lines.append(
+        f"complaint rate {figures.complaint_rate:.2%} ({figures.complaints} of {figures.sent} "
+        f"sent): {verdict} Gmail's {limit:.1%} limit"
+    )
+    return lines
+
+
+bounces = click.Group("bounces", help="Bounce and feedback-loop mail (DSN, ARF).")
+
+
+@bounces.command("read")
+@click.option("--mbox", type=click.Path(path_type=Path), help="an mbox file")
+@click.option("--maildir", type=click.Path(path_type=Path), help="a Maildir folder")
+@click.option("--imap", help="imaps://user:password@host/INBOX (unseen messages)")
+@with_appcontext
+def read_bounces_command(mbox: Path | None, maildir: Path | None, imap: str | None) -> None:
+    """Apply every bounce (DSN) and complaint (ARF) report found, once each."""
+    if sum(option is not None for option in (mbox, maildir, imap)) != 1:
+        raise click.UsageError("give exactly one of --mbox, --maildir or --imap")
+    services: Services = current_app.extensions["onward"]
+    if mbox is not None:
+        letters = from_mbox(mbox)
+    elif maildir is not None:
+        letters = from_maildir(maildir)
+    else:
+        letters = ImapMailbox.from_url(str(imap)).unseen()
+    try:
+        done = apply_letters(services, letters)
+    except (BounceSourceError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    for line in done:
+        click.echo(line)
+    click.echo(f"{len(done)} messages and reports read")
 
 
 @click.command("dkim-dns")
@@ -69,8 +124,34 @@ def dkim_dns_command() -> None:
     click.echo(" ".join(f'"{value[i : i + 250]}"' for i in range(0, len(value), 250)))
 
 
+@click.group("admin")
+def admin_group() -> None:
+    """Operators of the console at /admin."""
+
+
+@admin_group.command("create")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@with_appcontext
+def admin_create_command(email: str, password_stdin: bool) -> None:
+    """Create an operator who signs in at /admin with EMAIL and a password."""
+    services: Services = current_app.extensions["onward"]
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    try:
+        with session_scope(services.sessions) as session:
+            operator = operators.create_operator(session, email, password, now=services.clock())
+    except operators.OperatorError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"operator {operator.email} created; sign in at {services.settings.base_url}/admin/")
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(init_db_command)
+    app.cli.add_command(admin_group)
     app.cli.add_command(stats_command)
     app.cli.add_command(dkim_dns_command)
+    app.cli.add_command(bounces)

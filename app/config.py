@@ -7,8 +7,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from email.utils import formataddr, getaddresses
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+import idna
 
 from app import timing
 
@@ -34,6 +37,32 @@ def parse_interval(text: str) -> timedelta:
     if seconds <= 0:
         raise ConfigError(f"interval {text!r} must be longer than zero")
     return timedelta(seconds=seconds)
+
+
+def parse_reply_to(text: str, *, setting: str = "REPLY_TO") -> str | None:
+    """One address (optionally with a name) that replies go to; empty: none.
+
+    An internationalised domain is written in IDNA (punycode); `setting` names the
+    value in the ConfigError raised for anything but exactly one usable address.
+    """
+    value = text.strip()
+    if not value:
+        return None
+    refused = ConfigError(
+        f"{setting} must be one email address, like help@example.com, got {text!r}"
+    )
+    pairs = getaddresses([value])
+    if "\r" in value or "\n" in value or len(pairs) != 1:
+        raise refused
+    name, address = pairs[0]
+    local, _, domain = address.rpartition("@")
+    if not local or not local.isascii() or "." not in domain:
+        raise refused
+    try:
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise refused from None
+    return formataddr((name, f"{local}@{domain}"))
 
 
 def schedule_settings(env: Mapping[str, str]) -> tuple[timing.SendWindow | None, str]:
@@ -110,16 +139,22 @@ class Settings:
     emails_dir: Path = DEFAULT_EMAILS_DIR
     outbox_dir: Path | None = None
     dev_pages: bool = False
-    subscribe_rate_limit: int = 10
     trusted_proxies: int = 0
     environment: str = "development"
     log_format: str = "text"
     dkim_key_file: Path | None = None
     dkim_selector: str = "onward"
     dkim_domain: str | None = None
+    #: Where replies to the course emails go; None: no Reply-To, no invitation to reply.
+    reply_to: str | None = None
     # When steps go, in each subscriber's local time (see timing.py).
     send_window: timing.SendWindow | None = None
     default_time_zone: str = "UTC"
+    #: Suppression, caps, provider webhooks and bounce mail (README, List hygiene).
+    hygiene: HygieneSettings = field(default_factory=lambda: HygieneSettings())
+    # The operator's console (/admin) and /metrics.
+    admin_session_idle: timedelta = timedelta(minutes=30)
+    metrics_token: str | None = field(default=None, repr=False)
 
     # --- Delivery safety: the global send rate and SMTPUTF8 (README, Configuration) ---
     #: SEND_RATE: emails per period for all workers together; None: unlimited.
@@ -206,10 +241,15 @@ class Settings:
             dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
             dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
             dkim_domain=env.get("DKIM_DOMAIN") or None,
+            reply_to=parse_reply_to(env.get("REPLY_TO", "")),
             send_window=send_window,
             default_time_zone=default_time_zone,
+            # The operator's console (/admin) and /metrics.
+            admin_session_idle=interval("ADMIN_SESSION_IDLE", "30m"),
+            metrics_token=env.get("METRICS_TOKEN") or None,
             send_rate=send_rate,
             smtp_utf8=smtp_utf8,
+            hygiene=HygieneSettings.from_env(env),
         )
 
 
@@ -253,3 +293,77 @@ def delivery_settings(env: Mapping[str, str]) -> tuple[Rate | None, bool]:
     if smtp_utf8 not in {"1", "true", "yes", "0", "false", "no"}:
         raise ConfigError(f"SMTP_UTF8 must be true or false, got {smtp_utf8!r}")
     return (parse_rate(send_rate) if send_rate else None), smtp_utf8 in {"1", "true", "yes"}
+
+
+# --- List hygiene: suppression, caps, provider webhooks and bounce mail ---
+
+
+@dataclass(frozen=True)
+class HygieneSettings:
+    """Limits and the credentials of the ways bounces and complaints reach Onward."""
+
+    #: Sign-ups one IP address (IPv6: one /64 network) may make per hour.
+    signups_per_ip_per_hour: int = 20
+    #: Confirmation emails one mailbox (however spelled) may receive per UTC day.
+    confirmations_per_day: int = 3
+    #: Soft bounces of one mailbox within `soft_bounce_window` that suppress it.
+    soft_bounce_limit: int = 3
+    soft_bounce_window: timedelta = timedelta(days=7)
+    #: The envelope sender, with `{token}` where each email's own token goes (VERP).
+    return_path: str | None = None
+    #: The IMAP mailbox that receives bounce and feedback-loop mail.
+    bounce_imap_url: str | None = field(default=None, repr=False)
+    bounce_poll_seconds: float = 60.0
+    #: SNS topics whose SES notifications are accepted.
+    ses_topic_arns: tuple[str, ...] = ()
+    postmark_webhook_auth: str | None = field(default=None, repr=False)
+    mailgun_signing_key: str | None = field(default=None, repr=False)
+    sendgrid_public_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> HygieneSettings:
+        """Read the caps, RETURN_PATH, BOUNCE_IMAP_URL and the webhook keys."""
+
+        def count(name: str, default: int) -> int:
+            text = env.get(name) or str(default)
+            if not text.isdigit() or int(text) < 1:
+                raise ConfigError(f"{name} must be a whole number above zero, got {text!r}")
+            return int(text)
+
+        def interval(name: str, default: str) -> timedelta:
+            try:
+                return parse_interval(env.get(name) or default)
+            except ConfigError as error:
+                raise ConfigError(f"{name}: {error}") from None
+
+        return_path = env.get("RETURN_PATH") or None
+        if return_path is not None and (
+            "{token}" not in return_path or "@" not in return_path.replace("{token}", "")
+        ):
+            raise ConfigError(
+                f"RETURN_PATH must be an address with {{token}} in it, like "
+                f"bounces+{{token}}@example.com, got {return_path!r}"
+            )
+        imap_url = env.get("BOUNCE_IMAP_URL") or None
+        if imap_url is not None:
+            parts = urlsplit(imap_url)
+            if parts.scheme not in {"imap", "imaps"} or not parts.hostname or not parts.username:
+                raise ConfigError("BOUNCE_IMAP_URL must look like imaps://user:password@host/INBOX")
+        auth = env.get("POSTMARK_WEBHOOK_AUTH") or None
+        if auth is not None and ":" not in auth:
+            raise ConfigError("POSTMARK_WEBHOOK_AUTH must be user:password")
+        return cls(
+            signups_per_ip_per_hour=count("SIGNUPS_PER_IP_PER_HOUR", cls.signups_per_ip_per_hour),
+            confirmations_per_day=count("CONFIRMATIONS_PER_DAY", cls.confirmations_per_day),
+            soft_bounce_limit=count("SOFT_BOUNCE_LIMIT", cls.soft_bounce_limit),
+            soft_bounce_window=interval("SOFT_BOUNCE_WINDOW", "7d"),
+            return_path=return_path,
+            bounce_imap_url=imap_url,
+            bounce_poll_seconds=interval("BOUNCE_POLL_INTERVAL", "60s").total_seconds(),
+            ses_topic_arns=tuple(
+                arn.strip() for arn in (env.get("SES_TOPIC_ARN") or "").split(",") if arn.strip()
+            ),
+            postmark_webhook_auth=auth,
+            mailgun_signing_key=env.get("MAILGUN_SIGNING_KEY") or None,
+            sendgrid_public_key=env.get("SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
+        )

@@ -20,15 +20,19 @@ from sqlalchemy.orm import Session
 
 from app import store, timing
 from app.config import Rate
+from app.failures import FailureClass, classify_reported
+from app.mailbox import MailboxKeys
 from app.models import (
     ENDED_STATUSES,
-    TOTAL_STEPS,
     Consent,
     Delivery,
     DeliveryStatus,
     EmailKind,
+    MailEvent,
+    MailEventKind,
     Subscriber,
     SubscriberStatus,
+    SuppressionReason,
     template_name,
 )
 
@@ -49,6 +53,8 @@ TRANSITIONS: dict[str, dict[SubscriberStatus, SubscriberStatus]] = {
     },
     "bounce": {S.PENDING: S.BOUNCED, S.ACTIVE: S.BOUNCED, S.PAUSED: S.BOUNCED},
 }
+#: A complaint ("this is spam") ends a subscription the way unsubscribing does.
+TRANSITIONS["complain"] = TRANSITIONS["unsubscribe"]
 
 #: An address never confirmed is forgotten this long after it last asked.
 FORGET_UNCONFIRMED_AFTER = timedelta(days=30)
@@ -73,12 +79,19 @@ class Policy:
     """The timing rules of the course, from the settings."""
 
     step_interval: timedelta
+    #: How many steps the course has (from the course file).
+    total_steps: int
     confirm_resend_after: timedelta = timedelta(minutes=10)
     claim_lease: timedelta = timedelta(minutes=10)
     #: Local hours and days steps go in; None: any time.
     send_window: timing.SendWindow | None = None
     #: The zone of subscribers who did not give one.
     default_time_zone: str = "UTC"
+    #: Confirmation emails one mailbox may receive per UTC day, however it is spelled.
+    confirmations_per_day: int = 3
+    #: This many soft bounces of one mailbox within the window suppress it.
+    soft_bounce_limit: int = 3
+    soft_bounce_window: timedelta = timedelta(days=7)
 
 
 class InvalidEmail(ValueError):
@@ -359,20 +372,24 @@ def resume_due(session: Session, *, policy: Policy, now: datetime) -> int:
     return len(ended)
 
 
-def send_next_now(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
+def send_next_now(
+    session: Session, subscriber: Subscriber, *, total_steps: int, now: datetime
+) -> bool:
     """Make the next step due now, at most once per SEND_NOW_EVERY. Say whether it did.
 
     The subscriber asked: this step is not held for the window, nor for STEP_INTERVAL.
     """
-    if not can_send_now(session, subscriber, now=now):
+    if not can_send_now(session, subscriber, total_steps=total_steps, now=now):
         return False
     _send_at_once(subscriber, now)
     return True
 
 
-def can_send_now(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
+def can_send_now(
+    session: Session, subscriber: Subscriber, *, total_steps: int, now: datetime
+) -> bool:
     """Whether "send my next step now" would send one: no step went in SEND_NOW_EVERY."""
-    if subscriber.status != S.ACTIVE or subscriber.next_step > TOTAL_STEPS:
+    if subscriber.status != S.ACTIVE or subscriber.next_step > total_steps:
         return False
     last = store.last_sent_at(session, subscriber.id, EmailKind.STEP)
     return last is None or now - last >= SEND_NOW_EVERY
@@ -418,7 +435,7 @@ def change_time_zone(
 
 def next_step_at(subscriber: Subscriber, policy: Policy, *, now: datetime) -> datetime | None:
     """When the step after the one due now would go, if it were sent at `now`."""
-    if subscriber.status != S.ACTIVE or subscriber.next_step >= TOTAL_STEPS:
+    if subscriber.status != S.ACTIVE or subscriber.next_step >= policy.total_steps:
         return None
     return timing.next_open(
         now + policy.step_interval,
@@ -428,17 +445,68 @@ def next_step_at(subscriber: Subscriber, policy: Policy, *, now: datetime) -> da
     )
 
 
-def unsubscribe(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
-    """End the subscription at once; nothing more is sent. Say whether it changed."""
+def unsubscribe(
+    session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime
+) -> bool:
+    """End the subscription at once and suppress the mailbox. Say whether it changed."""
     if not _move(subscriber, "unsubscribe"):
         return False
     _end(subscriber, now)
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.UNSUBSCRIBED, now=now)
     return True
 
 
-def forget(session: Session, subscriber: Subscriber) -> None:
-    """Erase a subscription with its consent record and ledger (the subscriber's request)."""
+def forget(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> None:
+    """Erase a subscription with its consent record and ledger (the subscriber's request).
+
+    Only the mailbox's keyed hash stays, on the suppression list: erasing must not
+    make the address mailable again, nor reset its confirmation cap.
+    """
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.ERASED, now=now)
     session.delete(subscriber)
+
+
+def complain(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> bool:
+    """The recipient reported an email as spam: end the subscription, suppress the mailbox."""
+    changed = _move(subscriber, "complain")
+    if changed:
+        _end(subscriber, now)
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.COMPLAINED, now=now)
+    return changed
+
+
+def bounced(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> bool:
+    """The address bounced for good: end the subscription, suppress the mailbox."""
+    changed = _move(subscriber, "bounce")
+    if changed:
+        _end(subscriber, now)
+    else:
+        subscriber.claimed_until = None
+    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.BOUNCED, now=now)
+    return changed
+
+
+def soft_bounce(session: Session, mailbox_hash: str, *, policy: Policy, now: datetime) -> bool:
+    """Count a temporary bounce already recorded as a MailEvent; say if it suppresses the mailbox.
+
+    `policy.soft_bounce_limit` soft bounces within `policy.soft_bounce_window` do.
+    """
+    recent = store.count_mail_events(
+        session, mailbox_hash, MailEventKind.SOFT_BOUNCE, since=now - policy.soft_bounce_window
+    )
+    if recent < policy.soft_bounce_limit:
+        return False
+    store.suppress(session, mailbox_hash, SuppressionReason.BOUNCED, now=now)
+    return True
+
+
+def _suppression_blocks(session: Session, mailbox_hash: str, confirmed_at: datetime | None) -> bool:
+    """Whether the list forbids course emails to a mailbox confirmed at `confirmed_at`.
+
+    Confirming again after the suppression is the one way off the list.
+    """
+    since = store.suppressed_at(session, mailbox_hash)
+    return since is not None and (confirmed_at is None or confirmed_at <= since)
 
 
 def forget_unconfirmed(session: Session, *, now: datetime) -> int:
@@ -494,25 +562,33 @@ def message_id_for(
     return f"<{kind}-{number}.{digest}@{domain}>"
 
 
-def due_email(subscriber: Subscriber) -> tuple[EmailKind, int] | None:
+def due_email(subscriber: Subscriber, total_steps: int) -> tuple[EmailKind, int] | None:
     """Which email the subscription is due next, if any."""
     if subscriber.next_send_at is None:
         return None
     if subscriber.status == S.PENDING:
         return EmailKind.CONFIRMATION, subscriber.confirmations_requested
-    if subscriber.status == S.ACTIVE and subscriber.next_step <= TOTAL_STEPS:
+    if subscriber.status == S.ACTIVE and subscriber.next_step <= total_steps:
         return EmailKind.STEP, subscriber.next_step
     return None
 
 
 def begin_delivery(
-    session: Session, subscriber_id: int, *, policy: Policy, domain: str, now: datetime
+    session: Session,
+    subscriber_id: int,
+    *,
+    policy: Policy,
+    keys: MailboxKeys,
+    domain: str,
+    now: datetime,
 ) -> PlannedEmail | None:
     """Record in the ledger that the due email is being sent, and return it; None if not due.
 
     The ledger row is unique per (subscriber, email): if another worker is sending it,
     or it was sent, this returns None. A row left `sending` longer than the claim
     lease (a crashed worker) is taken over and sent again with the same Message-ID.
+    Nothing goes to a suppressed mailbox but a confirmation, and no confirmation
+    past the mailbox's daily cap (see `_cleared`).
     """
     subscriber = store.lock_subscriber(session, subscriber_id)
     if subscriber is None or subscriber.next_send_at is None or subscriber.next_send_at > now:
@@ -521,11 +597,13 @@ def begin_delivery(
     if subscriber.claimed_until is None or subscriber.claimed_until <= now:
         # This job's claim lapsed: the subscription may be queued elsewhere by now.
         return None
-    due = due_email(subscriber)
+    due = due_email(subscriber, policy.total_steps)
     if due is None:
         return None
     kind, number = due
     delivery = store.ledger_row(session, subscriber.id, kind, number)
+    if not _cleared(session, subscriber, kind, policy, keys, now, first=delivery is None):
+        return None
     if delivery is None:
         delivery = Delivery(
             subscriber_id=subscriber.id,
@@ -566,12 +644,49 @@ def begin_delivery(
     )
 
 
+def _cleared(
+    session: Session,
+    subscriber: Subscriber,
+    kind: EmailKind,
+    policy: Policy,
+    keys: MailboxKeys,
+    now: datetime,
+    *,
+    first: bool,
+) -> bool:
+    """Whether the due email may go out; if not, the subscription stops waiting for it.
+
+    Course steps never go to a suppressed mailbox (under any spelling) unless it
+    confirmed after the suppression: such a subscription ends. A confirmation is
+    the way back onto the list, so it may go, within the mailbox's daily cap;
+    past the cap it is dropped (signing up again tomorrow asks again). Only a
+    `first` attempt counts against the cap: a retry is the same email.
+    """
+    mailbox = keys.hash(subscriber.email)
+    if kind == EmailKind.STEP:
+        if not _suppression_blocks(session, mailbox, subscriber.consent.confirmed_at):
+            return True
+        if _move(subscriber, "unsubscribe"):
+            _end(subscriber, now)
+        subscriber.last_error = "suppressed: the address bounced, complained or unsubscribed"
+        return False
+    if not first or store.take_confirmation(
+        session, mailbox, limit=policy.confirmations_per_day, now=now
+    ):
+        return True
+    subscriber.next_send_at = None
+    subscriber.claimed_until = None
+    subscriber.last_error = "confirmation cap reached for this mailbox today"
+    return False
+
+
 def finish_delivery(session: Session, delivery_id: int, *, policy: Policy, now: datetime) -> None:
     """The relay accepted the email: mark it sent and schedule the next one."""
     delivery = session.get_one(Delivery, delivery_id)
     delivery.status = DeliveryStatus.SENT
     delivery.sent_at = now
     delivery.error = None
+    delivery.failure_class = None
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     subscriber.send_failures = 0
     subscriber.last_error = None
@@ -587,7 +702,7 @@ def _advance(
             subscriber.next_send_at = None
         return
     subscriber.next_step = max(subscriber.next_step, number + 1)
-    if subscriber.next_step > TOTAL_STEPS:
+    if subscriber.next_step > policy.total_steps:
         if _move(subscriber, "complete"):
             _end(subscriber, now)
     elif subscriber.status == S.ACTIVE:
@@ -601,8 +716,10 @@ def defer_delivery(
     error: str,
     now: datetime,
     counts: bool,
+    keys: MailboxKeys,
     bounces: bool = False,
     retry_at: datetime | None = None,
+    failure_class: FailureClass | None = None,
 ) -> datetime | None:
     """This email failed for now: it waits, then is tried again. Return when, or None if given up.
 
@@ -610,17 +727,27 @@ def defer_delivery(
     towards MAX_ATTEMPTS, with growing backoff; then it is given up, bouncing the
     address only if `bounces`. Other failures (the relay, our sender) wait until
     `retry_at` and never count. The wait is the subscription's `next_send_at`,
-    so every job that might run the retry respects it.
+    so every job that might run the retry respects it. `failure_class` is kept on the
+    ledger row for operators.
     """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.DEFERRED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     if counts:
         subscriber.send_failures += 1
         if subscriber.send_failures >= MAX_ATTEMPTS:
-            fail_delivery(session, delivery_id, error=error, now=now, bounce=bounces)
+            fail_delivery(
+                session,
+                delivery_id,
+                error=error,
+                now=now,
+                bounce=bounces,
+                keys=keys,
+                failure_class=failure_class,
+            )
             return None
     if retry_at is None:
         failures = max(subscriber.send_failures, 1)
@@ -631,25 +758,208 @@ def defer_delivery(
 
 
 def fail_delivery(
-    session: Session, delivery_id: int, *, error: str, now: datetime, bounce: bool
+    session: Session,
+    delivery_id: int,
+    *,
+    error: str,
+    now: datetime,
+    bounce: bool,
+    keys: MailboxKeys,
+    failure_class: FailureClass | None = None,
 ) -> None:
     """Give an email up: it is marked failed for the operator to see.
 
-    With `bounce` the address bounced and its course ends; otherwise the
-    subscription is held (nothing more is sent) until it is resumed or ends.
+    With `bounce` the address bounced: it takes the same path as a hard bounce a
+    relay reports later (recorded, course ended, mailbox suppressed). Otherwise
+    the subscription is held (nothing more is sent) until it is resumed or ends.
     """
     delivery = session.get_one(Delivery, delivery_id)
     subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
     delivery.status = DeliveryStatus.FAILED
     delivery.error = error
+    delivery.failure_class = failure_class
     subscriber.last_error = error
     subscriber.claimed_until = None
-    if bounce and _move(subscriber, "bounce"):
-        _end(subscriber, now)
-    elif not bounce:
+    if not bounce:
         subscriber.next_send_at = None
+        return
+    event = MailEvent(
+        source="smtp",
+        event_id=delivery.message_id,
+        kind=MailEventKind.HARD_BOUNCE,
+        mailbox_hash=keys.hash(subscriber.email),
+        template=delivery.template,
+        occurred_at=now,
+        detail=error[:2000] or None,
+    )
+    store.add_mail_event(session, event)
+    bounced(session, subscriber, keys=keys, now=now)
 
 
-def progress(subscriber: Subscriber) -> int:
-    """How many course steps the subscriber has received."""
-    return min(subscriber.next_step - 1, TOTAL_STEPS)
+def progress(subscriber: Subscriber, total_steps: int) -> int:
+    """How many of the course's `total_steps` steps the subscriber has received."""
+    return min(subscriber.next_step - 1, total_steps)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One thing a relay, a bounce message or a feedback loop said about an email we sent."""
+
+    #: Where it came from: ses, postmark, mailgun, sendgrid, dsn or arf.
+    source: str
+    #: The source's own id for it: the same report delivered twice has the same id.
+    event_id: str
+    #: What the source says happened; a bounce's status code may overrule it (`apply_report`).
+    kind: MailEventKind
+    occurred_at: datetime
+    #: Our Message-ID (with or without angle brackets), when the report carries it.
+    message_id: str | None = None
+    recipient: str | None = None
+    #: The remote server's answer as the report quotes it ("smtp; 550 5.1.1 ...").
+    detail: str = ""
+    #: The enhanced status code (RFC 3463) the report gives, when apart from `detail`.
+    status: str | None = None
+
+
+#: Bounce kinds as the failure table sees them (app/failures.py).
+_BOUNCE_KINDS = {
+    FailureClass.RECIPIENT_PERMANENT: MailEventKind.HARD_BOUNCE,
+    FailureClass.RECIPIENT_TEMPORARY: MailEventKind.SOFT_BOUNCE,
+}
+
+
+def reported_kind(report: Report) -> MailEventKind:
+    """What a report means for the list, by the same failure table as SMTP answers at send time.
+
+    A bounce whose status code is about the address (5.1.1, a full mailbox) stays a
+    hard or soft bounce; one about our sending (5.7.x spam or DMARC refusals,
+    throttling, the remote system) is `blocked`: nobody is bounced for it.
+    """
+    if report.kind not in (MailEventKind.HARD_BOUNCE, MailEventKind.SOFT_BOUNCE):
+        return report.kind
+    rule = classify_reported(
+        report.detail,
+        status=report.status,
+        permanent=report.kind == MailEventKind.HARD_BOUNCE,
+    )
+    return _BOUNCE_KINDS.get(rule.cls, MailEventKind.BLOCKED)
+
+
+def apply_report(
+    session: Session, report: Report, *, keys: MailboxKeys, policy: Policy, now: datetime
+) -> str:
+    """Apply a report once: record it, then bounce, suppress or mark delivered; say what it did.
+
+    The email is found by its Message-ID, else the recipient's live subscription.
+    A report about an erased address still suppresses its mailbox (by hash).
+    """
+    delivery = store.delivery_by_message_id(session, report.message_id)
+    subscriber = delivery.subscriber if delivery is not None else None
+    if subscriber is None and report.recipient:
+        subscriber = store.subscriber_by_email(session, report.recipient)
+    address = subscriber.email if subscriber is not None else report.recipient
+    if not address:
+        return f"{report.source} {report.event_id}: no email of ours found, ignored"
+    mailbox = keys.hash(address)
+    kind = reported_kind(report)
+    event = MailEvent(
+        source=report.source,
+        event_id=report.event_id[:255],
+        kind=kind,
+        mailbox_hash=mailbox,
+        template=delivery.template if delivery is not None else None,
+        occurred_at=report.occurred_at,
+        detail=report.detail[:2000] or None,
+    )
+    if not store.add_mail_event(session, event):
+        return f"{report.source} {report.event_id}: already applied"
+    what = f"{report.source} {report.event_id}: {kind} for subscriber " + (
+        str(subscriber.id) if subscriber is not None else "(erased)"
+    )
+    if kind == MailEventKind.DELIVERED:
+        if delivery is None and subscriber is not None:
+            delivery = store.last_sent(session, subscriber.id)
+        if delivery is not None and delivery.delivered_at is None:
+            delivery.delivered_at = report.occurred_at
+        return what + ", marked delivered"
+    if kind == MailEventKind.BLOCKED:
+        return what + ", about our sending, not the address: nobody bounced"
+    if kind == MailEventKind.COMPLAINT:
+        if subscriber is not None:
+            complain(session, subscriber, keys=keys, now=now)
+        else:
+            store.suppress(session, mailbox, SuppressionReason.COMPLAINED, now=now)
+        return what + ", unsubscribed and suppressed"
+    if kind == MailEventKind.SOFT_BOUNCE and not soft_bounce(
+        session, mailbox, policy=policy, now=now
+    ):
+        return what + ", counted"
+    if subscriber is not None:
+        bounced(session, subscriber, keys=keys, now=now)
+    else:
+        store.suppress(session, mailbox, SuppressionReason.BOUNCED, now=now)
+    return what + ", bounced and suppressed"
+
+
+#: The kinds `flask stats` counts per email and per day.
+HYGIENE_KINDS = (
+    MailEventKind.HARD_BOUNCE,
+    MailEventKind.SOFT_BOUNCE,
+    MailEventKind.COMPLAINT,
+    MailEventKind.BLOCKED,
+)
+
+
+def hygiene_counts(session: Session, *, now: datetime, days: int = 7) -> HygieneFigures:
+    """Bounces and complaints per email and per day, and the complaint rate."""
+    since = now - timedelta(days=days)
+    per_step: dict[tuple[str, str], int] = {}
+    per_day: dict[tuple[str, str], int] = {}
+    for template, kind, occurred in store.mail_events(session, HYGIENE_KINDS, since=since):
+        step_key = (template or "unknown", kind)
+        per_step[step_key] = per_step.get(step_key, 0) + 1
+        day_key = (occurred.date().isoformat(), kind)
+        per_day[day_key] = per_day.get(day_key, 0) + 1
+    complaints = sum(n for (_day, kind), n in per_day.items() if kind == MailEventKind.COMPLAINT)
+    return HygieneFigures(
+        days=days,
+        per_step=per_step,
+        per_day=per_day,
+        sent=store.sent_since(session, since),
+        complaints=complaints,
+    )
+
+
+#: Gmail's bulk-sender rules: keep the spam-complaint rate under 0.3 %.
+GMAIL_COMPLAINT_LIMIT = 0.003
+
+
+@dataclass(frozen=True)
+class HygieneFigures:
+    """Bounces and complaints over the last `days` days, by email and by day."""
+
+    days: int
+    #: (template, kind) -> count
+    per_step: dict[tuple[str, str], int]
+    #: (ISO day, kind) -> count
+    per_day: dict[tuple[str, str], int]
+    sent: int
+    complaints: int
+
+    @property
+    def complaint_rate(self) -> float:
+        """Complaints per email sent in the period (0 when nothing was sent)."""
+        return self.complaints / self.sent if self.sent else 0.0
+
+
+def send_now(session: Session, subscriber: Subscriber, *, total_steps: int, now: datetime) -> bool:
+    """Make an active subscription's next step due now (an operator's choice).
+
+    Say whether it changed; a claim a worker holds is left alone, so nothing goes twice.
+    """
+    if subscriber.status != S.ACTIVE or subscriber.next_step > total_steps:
+        return False
+    if subscriber.next_send_at is not None and subscriber.next_send_at <= now:
+        return False
+    subscriber.next_send_at = now
+    return True

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import html
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import idna
 import mrml
-from jinja2 import Environment, StrictUndefined, Template
+from jinja2 import Environment, StrictUndefined, Template, TemplateError
 
+from app.course import Course
 from app.tokens import Links
 
 #: Headers set raw (List-Unsubscribe) are written as they are, never re-folded.
@@ -25,6 +26,16 @@ _INCLUDE = re.compile(r'<mj-include\s+path="([^"]+)"\s*/>')
 #: Tags after which the plain-text part starts a new paragraph.
 _BLOCK_TAGS = {"p", "div", "h1", "h2", "h3", "table", "tr", "ul", "ol"}
 _SKIP_TAGS = {"style", "script", "head", "title"}
+#: Elements with this class (the brand line, the "Step 3 of 10" eyebrow) are left out of
+#: the text part, where the subject line and the heading already say it.
+HTML_ONLY = "html-only"
+_BLANK_LINES = re.compile(r"\n{3,}")
+_VOID_TAGS = {"br", "img", "meta", "link", "hr"}
+#: The preheader's hidden div, as mrml writes it from <mj-preview>.
+_PREHEADER = re.compile(r'(<div style="display:none;[^"]*">)(.*?)(</div>)', re.S)
+#: Invisible filler after the preheader text: inbox previews show it instead of
+#: running on into the brand line and the heading (Litmus' and Email on Acid's pattern).
+PREHEADER_SPACER = "&#847;&zwnj;&nbsp;" * 90
 #: A display name made only of these goes out as it is; any other is encoded.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9' -]*")
 #: UTF-8 bytes per encoded word: 45 bytes are 60 base64 characters, under RFC 2047's 75.
@@ -43,6 +54,12 @@ class CompiledEmail:
     subject: Template
     html: Template
     text: Template
+    #: What the course says about this email, the same for every recipient.
+    context: Mapping[str, object]
+    #: The step this email sends (None: the confirmation).
+    step: int | None = None
+    #: Every step's action, in order, for the recap links (the last step only).
+    actions: tuple[str, ...] = ()
 
 
 class HtmlToText(HTMLParser):
@@ -53,13 +70,15 @@ class HtmlToText(HTMLParser):
         self._parts: list[str] = []
         self._skip_depth = 0
         self._links: list[tuple[str, int]] = []
+        self._written_urls: set[str] = set()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         style = (attributes.get("style") or "").replace(" ", "").lower()
-        if self._skip_depth or tag in _SKIP_TAGS or "display:none" in style:
-            # Hidden content (the preheader) and styles have no place in text.
-            if tag not in {"br", "img", "meta", "link", "hr"}:
+        hidden = "display:none" in style or HTML_ONLY in (attributes.get("class") or "").split()
+        if self._skip_depth or tag in _SKIP_TAGS or hidden:
+            # Hidden content (the preheader), HTML-only repeats and styles have no place in text.
+            if tag not in _VOID_TAGS:
                 self._skip_depth += 1
             return
         if tag in _BLOCK_TAGS:
@@ -73,7 +92,7 @@ class HtmlToText(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if self._skip_depth:
-            if tag not in {"br", "img", "meta", "link", "hr"}:
+            if tag not in _VOID_TAGS:
                 self._skip_depth -= 1
             return
         if tag in _BLOCK_TAGS:
@@ -81,8 +100,11 @@ class HtmlToText(HTMLParser):
         elif tag == "a" and self._links:
             href, start = self._links.pop()
             label = "".join(self._parts[start:]).strip()
-            if href and href != label:
-                self._parts.append(f" ({href})" if label else href)
+            # Each URL is written out once: a reader of the text part copies it from there.
+            if href and href not in self._written_urls:
+                self._written_urls.add(href)
+                if href != label:
+                    self._parts.append(f" ({href})" if label else href)
 
     def handle_data(self, data: str) -> None:
         if not self._skip_depth:
@@ -91,7 +113,7 @@ class HtmlToText(HTMLParser):
     def text(self) -> str:
         """The text gathered so far, with tidy line breaks."""
         lines = [line.strip() for line in "".join(self._parts).splitlines()]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+        return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip() + "\n"
 
 
 def html_to_text(markup: str) -> str:
@@ -113,6 +135,11 @@ def resolve_includes(path: Path) -> str:
     return _INCLUDE.sub(lambda match: (path.parent / match[1]).read_text(encoding="utf-8"), source)
 
 
+def add_preheader_spacer(markup: str) -> str:
+    """The compiled HTML with the invisible spacer after the preheader text."""
+    return _PREHEADER.sub(lambda m: f"{m[1]}{m[2]}{PREHEADER_SPACER}{m[3]}", markup, count=1)
+
+
 def compile_mjml(path: Path) -> mrml.Output:
     """Compile one MJML file (its includes resolved from its folder) to HTML."""
     try:
@@ -123,30 +150,63 @@ def compile_mjml(path: Path) -> mrml.Output:
 
 
 class EmailCatalog:
-    """Every email in a folder, compiled from MJML once and kept as Jinja templates."""
+    """Every email of a course, compiled from MJML once and kept as Jinja templates."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, course: Course) -> None:
+        self.course = course
         self._html_env = Environment(undefined=StrictUndefined, autoescape=True)
         self._text_env = Environment(undefined=StrictUndefined, autoescape=False)
         self._emails: dict[str, CompiledEmail] = {}
-        for path in sorted(folder.glob("*.mjml")):
-            if path.name.startswith("_"):
-                continue  # shared parts, included by the others
-            output = compile_mjml(path)
-            if not output.title:
-                raise EmailTemplateError(f"{path.name}: no <mj-title> to use as the subject")
-            self._emails[path.stem] = CompiledEmail(
-                name=path.stem,
-                subject=self._text_env.from_string(html.unescape(output.title)),
-                html=self._html_env.from_string(output.content),
-                text=self._text_env.from_string(html_to_text(output.content)),
+        common = {
+            "course_title": course.title,
+            "sender_name": course.sender_name,
+            "credit": course.credit,
+            "step_count": course.step_count,
+        }
+        self._add(course.confirmation_template, course.confirmation_subject, common)
+        for step in course.steps:
+            context = {
+                **common,
+                "step": step.number,
+                "closer": step.closer,
+                # The last step has nothing left to pause; the confirmation nothing yet.
+                "pausable": step.number < course.step_count,
+            }
+            # The last step recaps every step's action, each linked to its browser page.
+            actions = (
+                tuple(s.action for s in course.steps) if step.number == course.step_count else ()
             )
-        if not self._emails:
-            raise EmailTemplateError(f"no email templates found in {folder}")
+            self._add(step.template, step.subject, context, step=step.number, actions=actions)
+
+    def _add(
+        self,
+        name: str,
+        subject: str,
+        context: dict[str, object],
+        *,
+        step: int | None = None,
+        actions: tuple[str, ...] = (),
+    ) -> None:
+        path = self.course.folder / f"{name}.mjml"
+        if not path.is_file():
+            raise EmailTemplateError(f"{name}.mjml: the course names it but there is no such file")
+        markup = add_preheader_spacer(compile_mjml(path).content)
+        try:
+            self._emails[name] = CompiledEmail(
+                name=name,
+                subject=self._text_env.from_string(subject),
+                html=self._html_env.from_string(markup),
+                text=self._text_env.from_string(html_to_text(markup)),
+                context=context,
+                step=step,
+                actions=actions,
+            )
+        except TemplateError as error:
+            raise EmailTemplateError(f"{name}.mjml: {error}") from None
 
     @property
     def names(self) -> list[str]:
-        """The names of every email, in order."""
+        """The names of every email, confirmation first, then the steps in order."""
         return list(self._emails)
 
     def get(self, name: str) -> CompiledEmail:
@@ -165,6 +225,11 @@ class Sender:
     postal_address: str
     base_url: str
     confirm_max_age: timedelta
+    #: Where replies go (REPLY_TO); None: no Reply-To header and no invitation to reply.
+    reply_to: str | None = None
+    #: The List-Id header's title and id (RFC 2919), from the course file; "": no List-Id.
+    list_title: str = ""
+    list_id: str = ""
     #: How often steps come and when, in words ("every 2 days"): from STEP_INTERVAL and the window.
     cadence: str = "every 2 days"
 
@@ -196,25 +261,39 @@ class RenderedEmail:
     text: str
 
 
-def render(email: CompiledEmail, sender: Sender, recipient: Recipient) -> RenderedEmail:
-    """Personalise a compiled email for one recipient."""
+def render(
+    email: CompiledEmail, sender: Sender, recipient: Recipient, *, in_browser: bool = False
+) -> RenderedEmail:
+    """Personalise a compiled email for one recipient.
+
+    `in_browser`: for the "read in your browser" page, which needs no link to itself.
+    """
+    links = recipient.links
     context = {
+        **email.context,
         "first_name": recipient.first_name,
-        "confirm_url": recipient.links.confirm_url,
-        "pause_url": "" if email.name == "confirmation" else recipient.links.pause_url,
-        "unsubscribe_url": recipient.links.unsubscribe_url,
-        "manage_url": recipient.links.manage_url,
+        "confirm_url": links.confirm_url,
+        "pause_url": links.pause_url if email.context.get("pausable") else "",
+        "unsubscribe_url": links.unsubscribe_url,
+        "manage_url": links.manage_url,
         "confirm_days": sender.confirm_max_age.days,
         "postal_address": sender.postal_address,
         "base_url": sender.base_url,
+        "reply_to": bool(sender.reply_to),
+        "read_url": "",
+        "recap": [],
         "next_step_when": recipient.next_step_when,
         "cadence": sender.cadence,
     }
-    return RenderedEmail(
-        subject=email.subject.render(context).strip(),
-        html=email.html.render(context),
-        text=email.text.render(context),
-    )
+    if email.step is not None:
+        context["read_url"] = "" if in_browser else links.step_url(email.step)
+        context["recap"] = [
+            (links.step_url(number), action) for number, action in enumerate(email.actions, 1)
+        ]
+    context["subject"] = subject = email.subject.render(context).strip()
+    # Paragraphs left out by a condition ({% if reply_to %}) leave blank lines behind.
+    text = _BLANK_LINES.sub("\n\n", email.text.render(context))
+    return RenderedEmail(subject=subject, html=email.html.render(context), text=text)
 
 
 def envelope_address(address: str) -> str:
@@ -267,7 +346,10 @@ def build_message(
     message.set_raw("To", format_to(recipient.first_name, envelope_address(recipient.email)))
     message["Date"] = format_datetime(now)
     message["Message-ID"] = recipient.message_id
-    message["List-Id"] = f"10 steps to recover from job rejection <course.{sender.domain}>"
+    if sender.reply_to:
+        message["Reply-To"] = sender.reply_to
+    if sender.list_id:
+        message["List-Id"] = f"{sender.list_title} <{sender.list_id}.{sender.domain}>"
     unsubscribe_url = recipient.links.unsubscribe_url
     if any(char in unsubscribe_url for char in "\r\n <>"):
         # A setting (BASE_URL), not the recipient: the same for every email.

@@ -128,3 +128,29 @@ def classify(stage: Stage, code: int, text: str = "") -> Rule:
             return rule
     # Unlisted answers are never blamed on a subscriber.
     return Rule(F.RELAY, why="unlisted answer")
+
+
+#: A remote server's answer as relays and DSNs quote it: "smtp; 550-5.1.1 text", "550 text".
+_REPORTED = re.compile(r"^\s*(?:[\w-]+\s*;\s*)?(?:([45]\d\d)(?:[\s-]+|$))?(.*)$", re.DOTALL)
+
+
+def classify_reported(answer: str | None, *, status: str | None = None, permanent: bool) -> Rule:
+    """The table row for a bounce reported after the relay accepted the email.
+
+    A DSN or a provider's event quotes the remote server's `answer` (Diagnostic-Code,
+    diagnosticCode, delivery-status) and/or an enhanced `status` ("5.1.1"). Such an
+    answer was about delivering to one recipient, so it is read as at RCPT: a 5.1.x
+    is that address's, a 5.7.x (spam, DMARC, reputation) ours. With no code at all,
+    the report's own verdict (`permanent` or not) decides.
+    """
+    match = _REPORTED.match(answer or "")
+    basic, text = (match.group(1), match.group(2)) if match else (None, "")
+    enhanced = enhanced_code(text) or enhanced_code(status or "")
+    if basic is None and enhanced is None:
+        cls = F.RECIPIENT_PERMANENT if permanent else F.RECIPIENT_TEMPORARY
+        return Rule(cls, why="reported without a status code: the report's own verdict")
+    if enhanced is not None and enhanced_code(text) is None:
+        text = f"{enhanced} {text}"
+    if basic is None:
+        basic = "550" if enhanced is not None and enhanced.startswith("5") else "450"
+    return classify(Stage.RCPT, int(basic), text)

@@ -94,14 +94,15 @@ class SmtpMailer:
             raise _relay(f"cannot reach {where}: {error}") from error
         return connection
 
-    def send(self, message: EmailMessage, *, to: str) -> None:
+    def send(self, message: EmailMessage, *, to: str, envelope_from: str | None = None) -> None:
         """Hand one message for the envelope address `to` to the relay.
 
         Raises DeliveryFailure, classified by SMTP stage and status code, if it
         is not accepted. A non-ASCII address goes out with SMTPUTF8, which the
-        relay must offer.
+        relay must offer. `envelope_from` (MAIL FROM, where bounces go: the VERP
+        return path) defaults to the From address.
         """
-        sender = parseaddr(str(message["From"]))[1]
+        sender = envelope_from or parseaddr(str(message["From"]))[1]
         utf8 = not to.isascii() or not sender.isascii()
         options = ["SMTPUTF8"] if utf8 else []
         try:
@@ -123,7 +124,9 @@ class SmtpMailer:
             except smtplib.SMTPRecipientsRefused as error:
                 code, reason = next(iter(error.recipients.values()))
                 self._drop_after(code)
-                raise _failure(Stage.RCPT, code, reason, f"recipient {to} refused") from error
+                # The address stays out of the error: the ledger row names the subscriber,
+                # and refusals of many addresses then read (and group) as one.
+                raise _failure(Stage.RCPT, code, reason, "recipient refused") from error
             except smtplib.SMTPSenderRefused as error:
                 self._drop_after(error.smtp_code)
                 raise _failure(

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
-
-TOTAL_STEPS = 10
 
 
 class SubscriberStatus(StrEnum):
@@ -68,6 +66,10 @@ class Subscriber(Base):
             postgresql_where=text("status NOT IN ('unsubscribed', 'bounced')"),
             sqlite_where=text("status NOT IN ('unsubscribed', 'bounced')"),
         ),
+        # The console counts subscriptions by status and step from this index alone,
+        # and finds any address (ended ones too) by equality.
+        Index("ix_subscriber_status_next_step", "status", "next_step"),
+        Index("ix_subscriber_email", "email"),
         {"sqlite_autoincrement": True},
     )
 
@@ -76,7 +78,7 @@ class Subscriber(Base):
     email: Mapped[str] = mapped_column(String(320))
     first_name: Mapped[str] = mapped_column(String(100), default="")
     status: Mapped[SubscriberStatus] = mapped_column(String(16), default=SubscriberStatus.PENDING)
-    #: The course step to send next (1..TOTAL_STEPS).
+    #: The course step to send next (1 up to the course's step count; past it: done).
     next_step: Mapped[int] = mapped_column(Integer, default=1)
     #: When the next email (confirmation or step) is due; NULL when nothing is.
     next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -137,7 +139,12 @@ class Delivery(Base):
     """The ledger: one row per email a subscription is due, so no email is sent twice."""
 
     __tablename__ = "delivery"
-    __table_args__ = (UniqueConstraint("subscriber_id", "kind", "number"),)
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "kind", "number"),
+        # The console's emails per day, and its counts of deferred and failed emails by step.
+        Index("ix_delivery_sent_at", "sent_at"),
+        Index("ix_delivery_status_kind_number", "status", "kind", "number"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
@@ -149,7 +156,11 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the recipient's mail server reported the email delivered (a provider event).
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    #: Who the last failure was about (app.failures.FailureClass); NULL once sent.
+    failure_class: Mapped[str | None] = mapped_column(String(24))
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="deliveries")
 
@@ -157,3 +168,120 @@ class Delivery(Base):
     def template(self) -> str:
         """The name of the email template this row sends."""
         return template_name(self.kind, self.number)
+
+
+class SuppressionReason(StrEnum):
+    """Why an address is on the suppression list."""
+
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
+    ERASED = "erased"
+
+
+class Suppression(Base):
+    """An address never mailed again until it signs up and confirms after `suppressed_at`.
+
+    Only a keyed hash of the normalised mailbox is kept, so an erased address stays
+    suppressed without being stored.
+    """
+
+    __tablename__ = "suppression"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[SuppressionReason] = mapped_column(String(16))
+    suppressed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MailEventKind(StrEnum):
+    """What a relay, a DSN or a feedback loop reported about an email after it was sent."""
+
+    DELIVERED = "delivered"
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"
+    COMPLAINT = "complaint"
+    #: Refused for a reason about our sending (spam filter, DMARC, reputation), not the address.
+    BLOCKED = "blocked"
+
+
+class MailEvent(Base):
+    """One report about a sent email, kept once per (source, event id): replays change nothing.
+
+    It outlives an erased subscription (no address, only the mailbox hash), so the
+    figures per step and per day and the soft-bounce count stay right.
+    """
+
+    __tablename__ = "mail_event"
+    __table_args__ = (
+        UniqueConstraint("source", "event_id"),
+        Index("ix_mail_event_mailbox_kind", "mailbox_hash", "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: ses, postmark, mailgun, sendgrid, dsn or arf.
+    source: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[MailEventKind] = mapped_column(String(16))
+    mailbox_hash: Mapped[str | None] = mapped_column(String(64))
+    #: The email it concerns, as a template name (like `step-03`), when known.
+    template: Mapped[str | None] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ConfirmationCount(Base):
+    """Confirmation emails sent to one mailbox (by keyed hash) on one UTC day.
+
+    Kept in the database, not Redis: a lost counter would let a mail-bomb through,
+    and nothing (unsubscribing, erasure) resets it.
+    """
+
+    __tablename__ = "confirmation_count"
+
+    mailbox_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Operator(Base):
+    """Someone who may sign in to the console at /admin (`flask admin create EMAIL`)."""
+
+    __tablename__ = "operator"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    #: An argon2id hash in PHC string form; never the password itself.
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OperatorSession(Base):
+    """A signed-in console session: the cookie holds a random token, the table its hash."""
+
+    __tablename__ = "operator_session"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: SHA-256 of the token in the operator's cookie: a copy of this table signs nobody in.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operator.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    operator: Mapped[Operator] = relationship()
+
+
+class AuditEntry(Base):
+    """One action an operator took in the console, kept after the subscription is erased."""
+
+    __tablename__ = "audit_entry"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The operator's address at the time, so the entry outlives the operator's account.
+    operator_email: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(32))
+    #: Not a foreign key: the entry stays when the subscription is erased.
+    subscriber_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")

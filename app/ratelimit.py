@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 
@@ -24,3 +25,21 @@ def allow(redis: Redis, key: str, *, limit: int, window_seconds: int) -> bool:
         log.warning("rate limiter unavailable; allowing %s", key)
         return True
     return hits <= limit
+
+
+#: One person usually holds a whole IPv6 /64 (a home or phone network hands one out),
+#: so limits per IPv6 address would be no limits at all.
+IPV6_PREFIX = 64
+
+
+def ip_network_key(ip: str | None) -> str:
+    """What a per-IP limit counts: an IPv4 address, or the /64 network of an IPv6 one."""
+    try:
+        address = ipaddress.ip_address(ip or "")
+    except ValueError:
+        return ip or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)

@@ -178,11 +178,13 @@ def _send_one(
             session,
             subscriber_id,
             policy=services.policy,
+            keys=services.mailbox_keys,
             domain=services.sender.domain,
             now=now,
         )
     if planned is None:
-        # Paused, ended, not due yet (backoff), sent, being sent elsewhere, or lapsed.
+        # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
+        # or held back by the suppression list or the confirmation cap.
         return Outcome("skipped")
     recipient = Recipient(
         email=planned.email,
@@ -198,7 +200,14 @@ def _send_one(
         # Our template or settings: never the subscriber's fault. The step waits
         # (without counting) until the template is fixed; reported once per template.
         _report_broken_template(services, planned.template, error)
-        _defer(services, planned, f"template {planned.template}: {error!r}", now, counts=False)
+        _defer(
+            services,
+            planned,
+            f"template {planned.template}: {error!r}",
+            now,
+            counts=False,
+            failure_class=FailureClass.OURS,
+        )
         return Outcome("deferred")
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
@@ -206,7 +215,7 @@ def _send_one(
         to = envelope_address(planned.email)
         if services.send_rate is not None:
             services.send_rate.wait()
-        mailer.send(message, to=to)
+        mailer.send(message, to=to, envelope_from=services.return_path(planned.message_id))
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
@@ -225,11 +234,21 @@ def _failed(
     cls = failure.cls
     if cls == FailureClass.RECIPIENT_PERMANENT:
         with session_scope(services.sessions) as session:
-            drip.fail_delivery(session, planned.delivery_id, error=error, now=now, bounce=True)
+            drip.fail_delivery(
+                session,
+                planned.delivery_id,
+                error=error,
+                now=now,
+                bounce=True,
+                keys=services.mailbox_keys,
+                failure_class=cls,
+            )
         log.info("subscriber %s bounced: %s", planned.subscriber_id, error)
         return Outcome("bounced")
     if cls in (FailureClass.RECIPIENT_TEMPORARY, FailureClass.OURS):
-        retry_at = _defer(services, planned, error, now, counts=True, bounces=cls.bounces)
+        retry_at = _defer(
+            services, planned, error, now, counts=True, bounces=cls.bounces, failure_class=cls
+        )
         if retry_at is not None:
             return Outcome("deferred")
         return Outcome("bounced" if cls.bounces else "failed")
@@ -239,11 +258,11 @@ def _failed(
         else:
             log.warning("relay is throttling us and SEND_RATE is unset, pausing: %s", error)
         retry_at = now + drip.RETRY_DELAYS[0]
-        _defer(services, planned, error, now, counts=False, retry_at=retry_at)
+        _defer(services, planned, error, now, counts=False, retry_at=retry_at, failure_class=cls)
         return Outcome("deferred", stop=True, retry_at=retry_at)
     # The sender, the message's policy or the relay: stop everyone, bounce nobody.
     until = services.breaker.failed(now, f"{error} ({failure.rule.why})")
-    _defer(services, planned, error, now, counts=False, retry_at=until)
+    _defer(services, planned, error, now, counts=False, retry_at=until, failure_class=cls)
     return Outcome("deferred", stop=True, retry_at=until)
 
 
@@ -252,7 +271,14 @@ def _poison(
 ) -> Outcome:
     """An email we could not build or encode: counted towards its cap, never a bounce."""
     log.error("cannot send delivery %s (%s): %r", planned.delivery_id, planned.template, error)
-    retry_at = _defer(services, planned, f"cannot send: {error!r}", now, counts=True)
+    retry_at = _defer(
+        services,
+        planned,
+        f"cannot send: {error!r}",
+        now,
+        counts=True,
+        failure_class=FailureClass.OURS,
+    )
     return Outcome("deferred" if retry_at is not None else "failed")
 
 
@@ -303,6 +329,7 @@ def _defer(
     counts: bool,
     bounces: bool = False,
     retry_at: datetime | None = None,
+    failure_class: FailureClass,
 ) -> datetime | None:
     with session_scope(services.sessions) as session:
         retry = drip.defer_delivery(
@@ -313,6 +340,8 @@ def _defer(
             counts=counts,
             bounces=bounces,
             retry_at=retry_at,
+            keys=services.mailbox_keys,
+            failure_class=failure_class,
         )
     if retry is None:
         log.warning(

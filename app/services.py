@@ -15,10 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import timing
 from app.breaker import Breaker
 from app.config import ConfigError, Settings
+from app.course import Course, load_course
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
 from app.drip import Policy
+from app.dsn import verp_address
 from app.emails import EmailCatalog, Recipient, Sender
+from app.mailbox import MailboxKeys
 from app.mailer import SmtpMailer
 from app.sendrate import SendRate
 from app.tokens import Links, LinkSigner
@@ -74,11 +77,20 @@ class Services:
         """The course timing rules."""
         return Policy(
             step_interval=self.settings.step_interval,
+            total_steps=self.course.step_count,
             confirm_resend_after=self.settings.confirm_resend_after,
             claim_lease=self.settings.claim_lease,
             send_window=self.settings.send_window,
             default_time_zone=self.settings.default_time_zone,
+            confirmations_per_day=self.settings.hygiene.confirmations_per_day,
+            soft_bounce_limit=self.settings.hygiene.soft_bounce_limit,
+            soft_bounce_window=self.settings.hygiene.soft_bounce_window,
         )
+
+    @cached_property
+    def mailbox_keys(self) -> MailboxKeys:
+        """Keyed hashes of mailboxes, for the suppression list and the caps."""
+        return MailboxKeys(self.settings.secret_key)
 
     @cached_property
     def signer(self) -> LinkSigner:
@@ -86,9 +98,17 @@ class Services:
         return LinkSigner(self.settings.secret_key, confirm_max_age=self.settings.confirm_max_age)
 
     @cached_property
+    def course(self) -> Course:
+        """The course: its steps, subjects and wording, from EMAILS_DIR/course.toml."""
+        return load_course(self.settings.emails_dir)
+
+    @cached_property
     def catalog(self) -> EmailCatalog:
-        """Every email, compiled from MJML once per process."""
-        return EmailCatalog(self.settings.emails_dir)
+        """Every email of the course, compiled from MJML once per process.
+
+        `checks.check_emails` renders each for a sample recipient when a process starts.
+        """
+        return EmailCatalog(self.course)
 
     @cached_property
     def sender(self) -> Sender:
@@ -99,6 +119,10 @@ class Services:
             postal_address=settings.postal_address,
             base_url=settings.base_url,
             confirm_max_age=settings.confirm_max_age,
+            # REPLY_TO, where set, overrides the course file's address.
+            reply_to=settings.reply_to or self.course.reply_to,
+            list_title=self.course.title,
+            list_id=self.course.list_id,
             cadence=timing.cadence(settings.step_interval, settings.send_window),
         )
 
@@ -122,6 +146,11 @@ class Services:
             links=self.links("sample-subscriber"),
             message_id=f"<sample@{self.sender.domain}>",
         )
+
+    def return_path(self, message_id: str) -> str | None:
+        """The envelope sender (VERP) of the email with `message_id`, if RETURN_PATH is set."""
+        template = self.settings.hygiene.return_path
+        return None if template is None else verp_address(template, message_id)
 
     def links(self, subscriber_key: str) -> Links:
         """The signed links of one subscription."""

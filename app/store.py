@@ -1,4 +1,5 @@
-"""The ledger and claim SQL: who is claimed by whom until when, and one row per email.
+"""The ledger and claim SQL: who is claimed by whom until when, and one row per email;
+the suppression list, the confirmation caps and the reports about sent emails.
 
 Dialect differences live here and only here (PostgreSQL `FOR UPDATE SKIP LOCKED`,
 `UPDATE ... RETURNING` on both). The store knows no course rules: which email is
@@ -9,13 +10,25 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import Delivery, DeliveryStatus, EmailKind, Subscriber, SubscriberStatus
+from app.models import (
+    ENDED_STATUSES,
+    ConfirmationCount,
+    Delivery,
+    DeliveryStatus,
+    EmailKind,
+    MailEvent,
+    MailEventKind,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
+)
 
 
 @dataclass(frozen=True)
@@ -228,3 +241,135 @@ def failed_deliveries(session: Session, *, limit: int = 20) -> list[Delivery]:
             .limit(limit)
         )
     )
+
+
+def delivery_by_message_id(session: Session, message_id: str | None) -> Delivery | None:
+    """The ledger row of the email with this Message-ID (with or without angle brackets)."""
+    if not message_id:
+        return None
+    bare = message_id.strip().strip("<>")
+    return session.scalar(select(Delivery).where(Delivery.message_id == f"<{bare}>"))
+
+
+def last_sent(session: Session, subscriber_id: int) -> Delivery | None:
+    """The subscription's most recently sent email, if any."""
+    return session.scalar(
+        select(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.sent_at.is_not(None))
+        .order_by(Delivery.sent_at.desc())
+        .limit(1)
+    )
+
+
+def subscriber_by_email(session: Session, email: str) -> Subscriber | None:
+    """The subscription of an address: a live one first, else the most recent."""
+    return session.scalar(
+        select(Subscriber)
+        .where(Subscriber.email == email.strip().lower())
+        .order_by(Subscriber.status.in_(ENDED_STATUSES), Subscriber.id.desc())
+        .limit(1)
+    )
+
+
+def add_mail_event(session: Session, event: MailEvent) -> bool:
+    """Record a report about a sent email; False if the same (source, event id) was recorded."""
+    try:
+        with session.begin_nested():
+            session.add(event)
+    except IntegrityError:
+        return False
+    return True
+
+
+def count_mail_events(
+    session: Session, mailbox_hash: str, kind: MailEventKind, *, since: datetime
+) -> int:
+    """Reports of one kind about one mailbox since `since`."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(MailEvent)
+            .where(
+                MailEvent.mailbox_hash == mailbox_hash,
+                MailEvent.kind == kind,
+                MailEvent.occurred_at > since,
+            )
+        )
+        or 0
+    )
+
+
+def mail_events(
+    session: Session, kinds: tuple[MailEventKind, ...], *, since: datetime
+) -> list[tuple[str | None, str, datetime]]:
+    """(template, kind, when) of every report of these kinds since `since`."""
+    rows = session.execute(
+        select(MailEvent.template, MailEvent.kind, MailEvent.occurred_at).where(
+            MailEvent.kind.in_(kinds), MailEvent.occurred_at >= since
+        )
+    )
+    return [(template, str(kind), occurred) for template, kind, occurred in rows]
+
+
+def sent_since(session: Session, since: datetime) -> int:
+    """Emails the relay accepted since `since`."""
+    return (
+        session.scalar(select(func.count()).select_from(Delivery).where(Delivery.sent_at >= since))
+        or 0
+    )
+
+
+def suppress(
+    session: Session, mailbox_hash: str, reason: SuppressionReason, *, now: datetime
+) -> None:
+    """Put a mailbox on the list (or renew its entry): nothing goes to it until it re-confirms."""
+    entry = session.scalar(select(Suppression).where(Suppression.mailbox_hash == mailbox_hash))
+    if entry is None:
+        try:
+            with session.begin_nested():
+                session.add(
+                    Suppression(mailbox_hash=mailbox_hash, reason=reason, suppressed_at=now)
+                )
+            return
+        except IntegrityError:
+            # Suppressed at the same moment by another report: renew that entry.
+            entry = session.scalars(
+                select(Suppression).where(Suppression.mailbox_hash == mailbox_hash)
+            ).one()
+    entry.reason = reason
+    entry.suppressed_at = max(entry.suppressed_at, now)
+
+
+def suppressed_at(session: Session, mailbox_hash: str) -> datetime | None:
+    """When the mailbox was last suppressed, or None if it is not on the list."""
+    return session.scalar(
+        select(Suppression.suppressed_at).where(Suppression.mailbox_hash == mailbox_hash)
+    )
+
+
+def take_confirmation(session: Session, mailbox_hash: str, *, limit: int, now: datetime) -> bool:
+    """Count one confirmation email to the mailbox today; False (and no count) past `limit`."""
+    day: date = now.date()
+    for _attempt in (1, 2):
+        # One conditional UPDATE, so concurrent workers cannot both take the last one.
+        taken = session.execute(
+            update(ConfirmationCount)
+            .where(
+                ConfirmationCount.mailbox_hash == mailbox_hash,
+                ConfirmationCount.day == day,
+                ConfirmationCount.sent < limit,
+            )
+            .values(sent=ConfirmationCount.sent + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if taken.rowcount:  # type: ignore[attr-defined]
+            return True
+        if session.get(ConfirmationCount, (mailbox_hash, day)) is not None:
+            return False
+        try:
+            with session.begin_nested():
+                session.add(ConfirmationCount(mailbox_hash=mailbox_hash, day=day, sent=1))
+            return True
+        except IntegrityError:
+            continue  # another worker made today's row first: count against it
+    return False

@@ -16,6 +16,7 @@ class Purpose(StrEnum):
     PAUSE = "pause"
     UNSUBSCRIBE = "unsubscribe"
     MANAGE = "manage"
+    READ = "read"
 
 
 class InvalidLink(ValueError):
@@ -34,7 +35,7 @@ class LinkSigner:
             purpose: URLSafeTimedSerializer(secret_key, salt=f"onward.{purpose}")
             for purpose in Purpose
         }
-        # Only confirmation links expire: pause, unsubscribe and manage links sit
+        # Only confirmation links expire: pause, unsubscribe, manage and read links sit
         # in old emails and must keep working (CAN-SPAM asks for 30 days at least).
         self._max_age = {Purpose.CONFIRM: int(confirm_max_age.total_seconds())}
 
@@ -63,6 +64,12 @@ class Links:
     pause_url: str
     unsubscribe_url: str
     manage_url: str
+    #: The subscription's "read in your browser" pages: `<read_url>/<step number>`.
+    read_url: str
+
+    def step_url(self, number: int) -> str:
+        """The browser page of step `number`."""
+        return f"{self.read_url}/{number}"
 
     @classmethod
     def for_key(cls, signer: LinkSigner, base_url: str, subscriber_key: str) -> Links:
@@ -76,4 +83,5 @@ class Links:
             pause_url=url("pause", Purpose.PAUSE),
             unsubscribe_url=url("unsubscribe", Purpose.UNSUBSCRIBE),
             manage_url=url("manage", Purpose.MANAGE),
+            read_url=url("read", Purpose.READ),
         )

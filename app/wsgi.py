@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from app import create_app
-from app.checks import check_production
+from app.checks import check_emails, check_production
 from app.config import ConfigError, Settings
 from app.logs import configure_logging
 from app.services import Services
@@ -20,6 +20,7 @@ try:
     configure_logging(_settings.log_format, process="web")
     _services = Services(_settings)
     check_production(_services)
+    check_emails(_services)
     # Under `gunicorn --preload` the checks run once, before the workers fork:
     # none of them may inherit the database connection the check opened.
     _services.close()

@@ -204,5 +204,10 @@ def begin(services: Services, subscriber_id: int, now: datetime) -> drip.Planned
     claim(services, [subscriber_id], now)
     with session_scope(services.sessions) as session:
         return drip.begin_delivery(
-            session, subscriber_id, policy=services.policy, domain="onward.test", now=now
+            session,
+            subscriber_id,
+            policy=services.policy,
+            keys=services.mailbox_keys,
+            domain="onward.test",
+            now=now,
         )

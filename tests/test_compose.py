@@ -43,7 +43,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
 #: The services that run this project's image, and the one-shot among them.
-APP_SERVICES = ("migrate", "web", "worker", "scheduler")
+APP_SERVICES = ("migrate", "web", "worker", "scheduler", "bounces")
 ONE_SHOT = "migrate"
 #: Top-level keys of the Compose specification (`version` is obsolete and refused here).
 COMPOSE_TOP_LEVEL = {"name", "services", "networks", "volumes", "configs", "secrets"}
@@ -545,7 +545,7 @@ def test_every_command_is_an_entry_point_of_this_project(
         assert "usage" in done.stdout.lower(), done.stdout
 
 
-@pytest.mark.parametrize("name", ["web", "worker", "scheduler"])
+@pytest.mark.parametrize("name", ["web", "worker", "scheduler", "bounces"])
 def test_every_long_running_command_refuses_production_with_the_defaults(
     name: str, compose: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -575,6 +575,7 @@ def test_each_service_runs_its_own_command(resolved: dict[str, Any]) -> None:
     assert commands["migrate"] == ["flask", "--app", "app", "init-db"]
     assert commands["worker"] == ["python", "-m", "worker"]
     assert commands["scheduler"] == ["python", "-m", "worker.schedule"]
+    assert commands["bounces"] == ["python", "-m", "worker.bounces"]
     assert commands["web"][0] == "gunicorn"
     cmd = [i for i in final_stage(dockerfile()) if i.keyword == "CMD"][-1]
     assert cmd.exec_form() == commands["web"], "compose's web runs the image's own command"

@@ -105,7 +105,7 @@ NAMES = [
     '"Ada" <boss@evil.example>, Eve',
     "O'Brien, Jr.; Ada",
     "Zoë Ünïcode-Ñame",
-    "=?utf-8?q?x?= " + "long " * 18,
+    "=?utf-8?q?x?= " + "long " * 17,  # 99 characters: first_name holds at most 100
     "Ada\r\nBcc: all@example.com",
     "Ada",
 ]

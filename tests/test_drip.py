@@ -30,7 +30,13 @@ def defer(
     """Record a temporary failure, as a worker does."""
     with session_scope(services.sessions) as session:
         return drip.defer_delivery(
-            session, delivery_id, error=error, now=now, counts=count, bounces=count
+            session,
+            delivery_id,
+            error=error,
+            now=now,
+            counts=count,
+            bounces=count,
+            keys=services.mailbox_keys,
         )
 
 
@@ -73,7 +79,10 @@ def test_sign_up_creates_a_pending_subscription_with_consent_and_a_due_confirmat
         subscriber = session.get_one(Subscriber, result.subscriber_id)
         assert subscriber.status == S.PENDING
         assert subscriber.next_send_at == clock.now
-        assert drip.due_email(subscriber) == (EmailKind.CONFIRMATION, 1)
+        assert drip.due_email(subscriber, services.policy.total_steps) == (
+            EmailKind.CONFIRMATION,
+            1,
+        )
         assert subscriber.consent.source == "api"
         assert subscriber.consent.ip == "192.0.2.1"
         assert subscriber.consent.confirmed_at is None
@@ -91,7 +100,10 @@ def test_a_second_sign_up_re_sends_the_confirmation_only_after_a_while(
         later = sign_up(session, services, "ada@example.com", clock.advance(timedelta(minutes=15)))
         assert later.outcome == drip.SubscribeOutcome.CONFIRMATION_RESENT
         assert later.subscriber_id == first.subscriber_id
-        assert drip.due_email(subscriber) == (EmailKind.CONFIRMATION, 2)
+        assert drip.due_email(subscriber, services.policy.total_steps) == (
+            EmailKind.CONFIRMATION,
+            2,
+        )
         # Capped: an address cannot be flooded with confirmations.
         outcomes = []
         for _ in range(10):
@@ -108,7 +120,12 @@ def test_signing_up_again_after_unsubscribing_starts_a_new_subscription(
 ) -> None:
     first_id = active_subscriber(services, "ada@example.com", clock.now)
     with session_scope(services.sessions) as session:
-        assert drip.unsubscribe(session, session.get_one(Subscriber, first_id), now=clock.now)
+        assert drip.unsubscribe(
+            session,
+            session.get_one(Subscriber, first_id),
+            keys=services.mailbox_keys,
+            now=clock.now,
+        )
     with session_scope(services.sessions) as session:
         again = sign_up(session, services, "ada@example.com", clock.advance(timedelta(days=1)))
         assert again.outcome == drip.SubscribeOutcome.CREATED
@@ -124,7 +141,7 @@ def test_confirming_makes_step_one_due_and_records_consent(
     with session_scope(services.sessions) as session:
         subscriber = session.get_one(Subscriber, subscriber_id)
         assert subscriber.status == S.ACTIVE
-        assert drip.due_email(subscriber) == (EmailKind.STEP, 1)
+        assert drip.due_email(subscriber, services.policy.total_steps) == (EmailKind.STEP, 1)
         assert subscriber.consent.confirmed_at == clock.now
         assert not drip.confirm(session, subscriber, ip=None, user_agent=None, now=clock.now)
 
@@ -177,28 +194,29 @@ def test_the_ledger_lets_one_sender_through_and_takes_over_a_stale_one(
         assert session.get_one(Delivery, first.delivery_id).attempts == 2
 
 
-def test_steps_follow_the_interval_and_the_course_completes_after_ten(
+def test_steps_follow_the_interval_and_the_course_completes_after_the_last(
     services: Services, clock: FakeClock
 ) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
     interval = services.policy.step_interval
-    for step in range(1, 11):
+    steps = services.course.step_count
+    for step in range(1, steps + 1):
         planned = send_due_step(services, subscriber_id, clock.now)
         assert planned.number == step
         with session_scope(services.sessions) as session:
             subscriber = session.get_one(Subscriber, subscriber_id)
-            if step < 10:
+            if step < steps:
                 assert subscriber.next_send_at == clock.now + interval
         clock.advance(interval)
     with session_scope(services.sessions) as session:
         subscriber = session.get_one(Subscriber, subscriber_id)
         assert subscriber.status == S.COMPLETED
         assert subscriber.next_send_at is None
-        assert drip.progress(subscriber) == 10
+        assert drip.progress(subscriber, steps) == steps
         sent = session.scalar(
             select(func.count()).select_from(Delivery).where(Delivery.status == DeliveryStatus.SENT)
         )
-        assert sent == 10
+        assert sent == steps
 
 
 def test_resume_continues_one_interval_later_without_a_burst(
@@ -209,13 +227,13 @@ def test_resume_continues_one_interval_later_without_a_burst(
     with session_scope(services.sessions) as session:
         subscriber = session.get_one(Subscriber, subscriber_id)
         assert drip.pause(session, subscriber, now=clock.now)
-        assert drip.due_email(subscriber) is None
+        assert drip.due_email(subscriber, services.policy.total_steps) is None
     resumed_at = clock.advance(timedelta(days=30))
     with session_scope(services.sessions) as session:
         subscriber = session.get_one(Subscriber, subscriber_id)
         assert drip.resume(session, subscriber, policy=services.policy, now=resumed_at)
         assert subscriber.next_send_at == resumed_at + services.policy.step_interval
-        assert drip.due_email(subscriber) == (EmailKind.STEP, 2)
+        assert drip.due_email(subscriber, services.policy.total_steps) == (EmailKind.STEP, 2)
         assert not drip.resume(session, subscriber, policy=services.policy, now=resumed_at)
 
 
@@ -226,7 +244,12 @@ def test_an_unsubscribe_after_the_claim_stops_the_send(
     with session_scope(services.sessions) as session:
         assert claim(session, now=clock.now, lease=timedelta(minutes=5), limit=10)
     with session_scope(services.sessions) as session:
-        drip.unsubscribe(session, session.get_one(Subscriber, subscriber_id), now=clock.now)
+        drip.unsubscribe(
+            session,
+            session.get_one(Subscriber, subscriber_id),
+            keys=services.mailbox_keys,
+            now=clock.now,
+        )
     assert begin(services, subscriber_id, clock.now) is None
 
 

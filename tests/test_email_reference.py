@@ -16,34 +16,22 @@ ONWARD_REQUIRE_NODE=1 is set (as CI should), which makes a missing Node.js a fai
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
 from app.config import DEFAULT_EMAILS_DIR, Settings
 from app.emails import compile_mjml, render
 from app.services import Services
+from tests.node_support import NODE_DIR, NodeTools, install_node_tools
 
-NODE_DIR = Path(__file__).parent / "node"
 MJML_CLI = NODE_DIR / "node_modules" / "mjml" / "bin" / "mjml"
-INSTALL_STAMP = NODE_DIR / "node_modules" / ".onward-installed"
-#: mjml 5's dependencies (juice -> cheerio -> undici 7) need Node.js 20.18 or newer.
-MIN_NODE = (20, 18)
-HOW_TO_RUN = (
-    "install Node.js {}.{}+ and npm; the tests then install tests/node's packages "
-    "themselves (npm ci)".format(*MIN_NODE)
-)
 TEMPLATES = sorted(p.stem for p in DEFAULT_EMAILS_DIR.glob("*.mjml") if not p.name.startswith("_"))
 #: Options of the reference compiler: strict validation, includes read (MJML 5 skips them
 #: by default), and its raw output rather than a re-indented copy.
@@ -61,77 +49,13 @@ CLIENTS = ["gmail.*", "apple-mail.*", "outlook.*"]
 # --- the Node.js tools -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NodeTools:
-    node: str
-
-    def run(
-        self, *args: str, stdin: str | None = None, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        """Run node (without its own deprecation chatter) in tests/node."""
-        return subprocess.run(
-            [self.node, "--no-warnings", *args],
-            cwd=NODE_DIR,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            timeout=timeout,
-            check=False,
-        )
-
-
-def _missing_node(reason: str) -> NoReturn:
-    message = f"{reason}: {HOW_TO_RUN}"
-    if os.environ.get("ONWARD_REQUIRE_NODE") == "1":
-        pytest.fail(f"{message} (ONWARD_REQUIRE_NODE=1 asks for these checks)")
-    pytest.skip(message)
-
-
-def _lock_digest() -> str:
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        path = NODE_DIR / name
-        digest.update(path.read_bytes() if path.exists() else b"-")
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def node_tools() -> NodeTools:
-    """Node.js, with tests/node's packages installed (again whenever the lock file changes)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        _missing_node("Node.js and npm are not on PATH")
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-    found = re.match(r"v(\d+)\.(\d+)", version)
-    if found is None or (int(found[1]), int(found[2])) < MIN_NODE:
-        _missing_node(f"Node.js {version} is too old")
-
-    wanted = _lock_digest()
-    if not (INSTALL_STAMP.exists() and INSTALL_STAMP.read_text() == wanted):
-        has_lock = (NODE_DIR / "package-lock.json").exists()
-        command = [npm, "ci" if has_lock else "install", "--no-audit", "--no-fund"]
-        command.append("--ignore-scripts")  # nothing here needs an install script
-        started = time.monotonic()
-        try:
-            done = subprocess.run(
-                command, cwd=NODE_DIR, capture_output=True, text=True, timeout=600, check=False
-            )
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"`npm {' '.join(command[1:])}` in tests/node took over 10 minutes")
-        if done.returncode != 0:
-            output = "\n".join(f"{done.stdout}\n{done.stderr}".strip().splitlines()[-60:])
-            pytest.fail(
-                f"`npm {' '.join(command[1:])}` in tests/node failed "
-                f"(exit {done.returncode}), its last lines:\n{output}"
-            )
-        INSTALL_STAMP.write_text(wanted)
-        print(f"\ninstalled tests/node's packages in {time.monotonic() - started:.1f} s")
+    """Node.js, with tests/node's packages (npm mjml among them) installed."""
+    tools = install_node_tools()
     if not MJML_CLI.exists():
         pytest.fail(f"{MJML_CLI} is missing after the install: check tests/node/package.json")
-    return NodeTools(node)
+    return tools
 
 
 # --- the reference compiler --------------------------------------------------------------------

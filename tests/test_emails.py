@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.headerregistry import AddressHeader
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import mrml
@@ -18,11 +21,14 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from app import drip
+from app import create_app, drip
 from app import emails as emails_module
-from app.config import DEFAULT_EMAILS_DIR, Settings
+from app.checks import check_emails
+from app.config import DEFAULT_EMAILS_DIR, ConfigError, Settings
+from app.course import load_course
 from app.db import session_scope, utcnow
 from app.emails import (
+    PREHEADER_SPACER,
     EmailCatalog,
     Recipient,
     RenderedEmail,
@@ -37,8 +43,13 @@ from app.tokens import Links, LinkSigner, Purpose
 from tests.support import FakeClock, SmtpSink, run_worker
 from worker.schedule import tick
 
-STEPS = [f"step-{n:02d}" for n in range(1, 11)]
-TEMPLATES = ["confirmation", *STEPS]
+COURSE = load_course(DEFAULT_EMAILS_DIR)
+STEPS = [step.template for step in COURSE.steps]
+TEMPLATES = [COURSE.confirmation_template, *STEPS]
+SUBJECTS = {
+    COURSE.confirmation_template: COURSE.confirmation_subject,
+    **{step.template: step.subject for step in COURSE.steps},
+}
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 ADA = "ada@example.com"
 BOB = "bob@example.org"
@@ -49,6 +60,8 @@ SENDER = Sender(
     postal_address=POSTAL_ADDRESS,
     base_url="https://onward.test",
     confirm_max_age=timedelta(days=7),
+    list_title=COURSE.title,
+    list_id=COURSE.list_id,
 )
 SIGNER = LinkSigner("test-secret-key", confirm_max_age=timedelta(days=7))
 LINKS = Links.for_key(SIGNER, "https://onward.test", "key-of-ada")
@@ -59,7 +72,7 @@ PREHEADER = re.compile(r'<div style="display:none;[^"]*">(.*?)</div>', re.S)
 
 @pytest.fixture(scope="module")
 def catalog() -> EmailCatalog:
-    return EmailCatalog(DEFAULT_EMAILS_DIR)
+    return EmailCatalog(COURSE)
 
 
 def recipient(first_name: str = "Ada", message_id: str = "<test-1@onward.test>") -> Recipient:
@@ -112,11 +125,10 @@ def test_subjects_are_short_and_say_which_step(catalog: EmailCatalog, name: str)
     assert subject == subject.strip() and "\n" not in subject
     assert html.unescape(subject) == subject, "an HTML entity was left in the subject"
     assert "{" not in subject
-    if name == "confirmation":
-        assert subject == "Confirm your free 10-step course"
-    else:
-        number = int(name.removeprefix("step-"))
-        assert re.fullmatch(rf"Step {number} of 10: \S.+", subject), subject
+    assert subject == SUBJECTS[name]
+    if name != "confirmation":
+        number = STEPS.index(name) + 1
+        assert re.fullmatch(rf"Step {number} of {len(STEPS)}: \S.+", subject), subject
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -159,8 +171,11 @@ def test_the_text_part_is_clean_and_writes_the_links_out(catalog: EmailCatalog, 
     if name == "confirmation":
         assert LINKS.confirm_url in text
         assert "/pause/" not in text  # nothing to pause before the course starts
+    elif name == STEPS[-1]:
+        assert "/pause/" not in text  # nothing left to pause in the last step
     else:
         assert LINKS.pause_url in text
+    if name != "confirmation":
         assert "/confirm/" not in text
     # Paragraphs stay paragraphs.
     assert "\n\n" in text
@@ -176,12 +191,14 @@ def test_the_html_part_has_lang_preheader_links_and_footer(
     assert re.search(r'<html[^>]*\blang="en"', markup)
     preheaders = PREHEADER.findall(markup)
     assert preheaders, "no hidden preheader div"
-    assert html.unescape(preheaders[0]).strip() == preview_of(name)
+    preheader, spacer, rest = preheaders[0].partition(PREHEADER_SPACER)
+    assert spacer and rest == "", "the spacer ends the preheader"
+    assert html.unescape(preheader).strip() == preview_of(name)
     assert preview_of(name) not in part(message, "plain"), "the preheader leaked into the text"
     assert POSTAL_ADDRESS in html.unescape(markup)
     assert f'href="{LINKS.unsubscribe_url}"' in markup
     assert f'href="{LINKS.manage_url}"' in markup
-    assert (f'href="{LINKS.pause_url}"' in markup) == (name != "confirmation")
+    assert (f'href="{LINKS.pause_url}"' in markup) == (name not in {"confirmation", STEPS[-1]})
     assert "{{" not in markup and "{%" not in markup
 
 
@@ -273,9 +290,9 @@ def test_the_message_id_is_deterministic_and_distinct() -> None:
         drip.message_id_for(key, kind, number, "onward.test")
         for key in ("key-1", "key-2")
         for kind in EmailKind
-        for number in range(1, 11)
+        for number in range(1, COURSE.step_count + 1)
     }
-    assert len(every_email) == 40
+    assert len(every_email) == 2 * len(EmailKind) * COURSE.step_count
 
 
 def test_the_relay_receives_the_headers_the_ledger_promises(
@@ -337,7 +354,7 @@ def test_mjml_is_compiled_when_the_catalog_is_built_and_never_when_sending(
     # app.emails calls `mrml.to_html` through the module, so patch it there.
     assert emails_module.mrml is mrml  # type: ignore[attr-defined]
     monkeypatch.setattr(mrml, "to_html", counting_to_html)
-    catalog = EmailCatalog(DEFAULT_EMAILS_DIR)
+    catalog = EmailCatalog(COURSE)
     assert len(calls) == len(TEMPLATES), "the counter must see the catalog compile"
 
     calls.clear()
@@ -428,3 +445,201 @@ def test_the_unsubscribe_header_carries_the_url_itself_never_encoded_words() -> 
         [line] = [x for x in wire.split(b"\r\n") if x.startswith(b"List-Unsubscribe:")]
         assert line == f"List-Unsubscribe: <{links.unsubscribe_url}>".encode()
         assert len(line) < 998
+
+
+# --- the course file, Reply-To, List-Id and a tidy text part ---------------------------------
+
+
+def test_the_list_id_names_the_course_from_the_course_file(catalog: EmailCatalog) -> None:
+    message = over_the_wire(
+        build_message(rendered_as(catalog, "step-02"), SENDER, recipient(), now=NOW)
+    )
+    assert message["List-Id"] == f"{COURSE.title} <{COURSE.list_id}.onward.test>"
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_reply_to_and_the_invitation_to_reply_come_together(
+    catalog: EmailCatalog, name: str
+) -> None:
+    without = over_the_wire(build_message(rendered_as(catalog, name), SENDER, recipient(), now=NOW))
+    assert without["Reply-To"] is None
+    assert "a person reads these" not in part(without, "plain")
+
+    sender = replace(SENDER, reply_to="Sam <sam@onward.test>")
+    rendered = render(catalog.get(name), sender, recipient())
+    message = over_the_wire(build_message(rendered, sender, recipient(), now=NOW))
+    reply_to = message["Reply-To"]
+    assert isinstance(reply_to, AddressHeader)
+    assert [address.addr_spec for address in reply_to.addresses] == ["sam@onward.test"]
+    assert "just reply: a person reads these." in part(message, "plain")
+    assert "a person reads these" in html.unescape(part(message, "html"))
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_the_text_part_says_the_subject_once_and_each_url_once(
+    catalog: EmailCatalog, name: str
+) -> None:
+    rendered = render(catalog.get(name), replace(SENDER, reply_to="sam@onward.test"), recipient())
+    text = rendered.text
+    headline = rendered.subject.rpartition(": ")[2]
+    assert text.count(headline) <= 1, headline
+    assert not re.search(r"Step \d+ of \d+", text), "the step eyebrow repeats the subject"
+    assert "Onward \u00b7" not in text, "the brand line repeats the From name"
+    urls = re.findall(r"https://onward\.test/\S+?(?=[)\s])", text)
+    assert urls, "the text part writes its links out"
+    assert len(urls) == len(set(urls)), [u for u in urls if urls.count(u) > 1]
+    assert "\n\n\n" not in text
+
+
+def test_each_step_links_to_its_page_in_the_browser(catalog: EmailCatalog) -> None:
+    for number, name in enumerate(STEPS, start=1):
+        rendered = rendered_as(catalog, name)
+        assert f'href="{LINKS.step_url(number)}"' in rendered.html, name
+        assert LINKS.step_url(number) in rendered.text, name
+    assert "/read/" not in rendered_as(catalog, "confirmation").text
+
+
+def test_the_last_step_recaps_every_step_with_its_link_and_offers_no_pause(
+    catalog: EmailCatalog,
+) -> None:
+    last = render(catalog.get(STEPS[-1]), replace(SENDER, reply_to="sam@onward.test"), recipient())
+    for step in COURSE.steps:
+        assert f"{step.action} ({LINKS.step_url(step.number)})" in last.text
+    assert "whichever of them you tried" in last.text
+    assert "Pause" not in last.text and LINKS.pause_url not in last.html
+    questions = [s for s in re.split(r"(?<=[.?])\s+", last.text) if s.endswith("?")]
+    assert len(questions) == 1, questions
+    # Without a Reply-To, nobody could answer the question: it is left out.
+    assert "?" not in rendered_as(catalog, STEPS[-1]).text.split("Your step for today")[1]
+
+
+def test_the_preheader_spacer_hides_the_rest_from_the_inbox_preview(catalog: EmailCatalog) -> None:
+    markup = rendered_as(catalog, "step-01").html
+    [preheader] = PREHEADER.findall(markup)
+    assert preheader.endswith(PREHEADER_SPACER)
+    # About 270 invisible characters: more than any inbox shows after the preheader.
+    assert len(html.unescape(PREHEADER_SPACER)) >= 250
+    assert PREHEADER_SPACER not in rendered_as(catalog, "step-01").text
+
+
+def copy_course(tmp_path: Path) -> Path:
+    folder = tmp_path / "emails"
+    shutil.copytree(DEFAULT_EMAILS_DIR, folder)
+    return folder
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    source = path.read_text(encoding="utf-8")
+    assert old in source, old
+    path.write_text(source.replace(old, new, 1), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (("course.toml", 'template = "step-04"', 'template = "step-44"'), "step-44.mjml"),
+        (("course.toml", 'list_id = "course"', 'list_id = "Course Two"'), "list_id"),
+        (("course.toml", "[[steps]]", "[[steps]\n"), "course.toml"),
+        (
+            (
+                "course.toml",
+                "Step 3 of 10: Give yourself some credit",
+                "Step 2 of 10: Let your people in",
+            ),
+            "used twice",
+        ),
+        (
+            ("course.toml", "Step 3 of 10: Give yourself some credit", "Step 3 of 10: " + "x" * 40),
+            "under 50",
+        ),
+        (("course.toml", 'steps = ["step-03"]', 'steps = ["step-33"]'), "unknown emails"),
+        (("course.toml", 'sender_name = "Sam"', 'sender_name = ""'), "sender_name"),
+        (
+            (
+                "step-05.mjml",
+                '<mj-text css-class="action">',
+                '<mj-text css-class="action">{{ nope }}',
+            ),
+            "step-05.mjml: 'nope' is undefined",
+        ),
+        (("step-06.mjml", "{% if first_name %}", "{% if first_name %"), "step-06.mjml"),
+    ],
+)
+def test_a_broken_course_stops_the_process_at_start_naming_the_problem(
+    tmp_path: Path, change: tuple[str, str, str], error: str
+) -> None:
+    folder = copy_course(tmp_path)
+    file, old, new = change
+    edit(folder / file, old, new)
+    services = Services(Settings(emails_dir=folder))
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        check_emails(services)
+
+
+def test_the_step_count_follows_from_the_course_file(tmp_path: Path) -> None:
+    folder = copy_course(tmp_path)
+    source = (folder / "course.toml").read_text(encoding="utf-8")
+    head, _, rest = source.partition("[[steps]]")
+    steps = rest.split("[[sources]]")[0].split("[[steps]]")
+    # Keep the first three steps; the third becomes the last (so it closes no further step).
+    three = "[[steps]]".join(["", *steps[:2]]) + "[[steps]]" + steps[2].split("closer =")[0]
+    (folder / "course.toml").write_text(head + three, encoding="utf-8")
+    services = Services(Settings(emails_dir=folder))
+    check_emails(services)
+    assert services.course.step_count == 3
+    assert services.policy.total_steps == 3
+    assert services.catalog.names == ["confirmation", "step-01", "step-02", "step-03"]
+    third = rendered_as(services.catalog, "step-03")
+    assert "Pause the course" not in third.text
+    # The sign-up page reads the same file: the title and the number of steps.
+    edit(folder / "course.toml", f'title = "{COURSE.title}"', 'title = "Three small steps"')
+    page = create_app(services=Services(Settings(emails_dir=folder))).test_client().get("/")
+    text = html.unescape(page.get_data(as_text=True))
+    assert "<h1>Three small steps</h1>" in text and "<title>Three small steps" in text
+    assert "3 short emails" in text and f"<h1>{COURSE.title}" not in text
+
+
+def test_reply_to_is_read_from_the_environment_and_a_bad_one_refused() -> None:
+    assert Settings.from_env({}).reply_to is None
+    assert Settings.from_env({"REPLY_TO": " "}).reply_to is None
+    assert Settings.from_env({"REPLY_TO": "Sam <sam@example.com>"}).reply_to == (
+        "Sam <sam@example.com>"
+    )
+    services = Services(Settings.from_env({"REPLY_TO": "sam@example.com"}))
+    assert services.sender.reply_to == "sam@example.com"
+    assert Settings.from_env({"REPLY_TO": "sam@bücher.example"}).reply_to == (
+        "sam@xn--bcher-kva.example"
+    )
+    for bad in (
+        "sam",
+        "sam@localhost",
+        "sam@example.com\r\nBcc: x@example.com",
+        "sam@example.com, eve@example.org",
+        "Sam Smith, Jr. <sam@example.com>",
+        "sämi@example.com",
+    ):
+        with pytest.raises(ConfigError, match="REPLY_TO"):
+            Settings.from_env({"REPLY_TO": bad})
+
+
+def test_the_course_file_may_name_the_reply_address_and_reply_to_overrides_it(
+    tmp_path: Path,
+) -> None:
+    folder = copy_course(tmp_path)
+    edit(
+        folder / "course.toml",
+        '# reply_to = "Sam <sam@example.com>"',
+        'reply_to = "Sam <sam@course.example>"',
+    )
+    assert Services(Settings(emails_dir=folder)).sender.reply_to == "Sam <sam@course.example>"
+    overridden = Services(Settings(emails_dir=folder, reply_to="help@deploy.example"))
+    assert overridden.sender.reply_to == "help@deploy.example"
+    edit(
+        folder / "course.toml",
+        'reply_to = "Sam <sam@course.example>"',
+        'reply_to = "a@b.example, c@d.example"',
+    )
+    with pytest.raises(
+        ConfigError, match=re.escape("course.toml: `reply_to` must be one email address")
+    ):
+        check_emails(Services(Settings(emails_dir=folder)))

@@ -123,6 +123,8 @@ def normalize_create_table(sql: str) -> str:
             current += char
     items.append(current)
     lines = sorted(" ".join(item.split()) for item in items)
+    # A table rebuilt by a batch migration is renamed into place, which quotes its name.
+    head = head.replace('"', "")
     return head + "(" + ", ".join(line for line in lines if line) + ")"
 
 
@@ -214,17 +216,20 @@ def test_every_revision_downgrades_and_upgrades_again(engine: Engine) -> None:
 
 
 def test_a_database_made_before_alembic_is_adopted_with_its_rows(engine: Engine) -> None:
-    # What `init-db` did before Onward used Alembic: the first revision's tables, unversioned.
+    # What `init-db` made before Onward used Alembic: the first revision's tables,
+    # without an alembic_version table.
     with engine.connect() as connection:
-        command.upgrade(alembic_config(engine.url, connection), "297cdbf95f7f")
-        connection.commit()
+        config = alembic_config(engine.url, connection)
+        base = ScriptDirectory.from_config(config).get_base()
+        assert base is not None
+        command.upgrade(config, base)
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE alembic_version"))
         connection.execute(
             text(
                 "INSERT INTO subscriber (key, email, first_name, status, next_step,"
-                " confirmations_requested, send_failures, created_at) VALUES"
-                " ('k1', 'ada@example.com', '', 'pending', 1, 1, 0, '2026-03-02 00:00:00')"
+                " confirmations_requested, send_failures, created_at)"
+                " VALUES ('k1', 'ada@example.com', '', 'pending', 1, 1, 0, '2026-03-02')"
             )
         )
     migrate(engine)

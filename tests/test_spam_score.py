@@ -22,6 +22,7 @@ import pytest
 
 from app import drip
 from app.config import Settings
+from app.course import load_course
 from app.emails import Recipient, build_message, render
 from app.models import EmailKind
 from app.services import Services
@@ -40,9 +41,12 @@ SETTINGS = Settings(
     secret_key="a-long-random-secret-key-used-only-by-the-spam-score-test",
     mail_from="Onward <course@onward.example>",
     postal_address="Onward, 1 Example Street, Springfield, IL 62701, USA",
+    reply_to="Sam <sam@onward.example>",
 )
 SUBSCRIBER_KEY = "xO2bW3Zy0aQ8vO-bKe_gFw"  # the shape of models.new_key()
-EMAILS = ["confirmation", *(f"step-{n:02d}" for n in range(1, 11))]
+COURSE = load_course(SETTINGS.emails_dir)
+STEPS = [step.template for step in COURSE.steps]
+EMAILS = [COURSE.confirmation_template, *STEPS]
 #: The variant that must score worse than the real email (see the last test).
 SPAMMY = "step-01, spammy"
 SPAMMY_SUBJECT = "FREE!!! ACT NOW!!! 100% FREE COURSE, CLICK HERE!!!"
@@ -75,7 +79,7 @@ def outgoing_message(services: Services, name: str) -> EmailMessage:
     kind, number = (
         (EmailKind.CONFIRMATION, 1)
         if name == "confirmation"
-        else (EmailKind.STEP, int(name.removeprefix("step-")))
+        else (EmailKind.STEP, STEPS.index(name) + 1)
     )
     recipient = Recipient(
         email="ada@example.com",

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from datetime import timedelta
 from types import FrameType
 
@@ -22,6 +23,7 @@ from app.config import ConfigError
 from app.db import session_scope
 from app.sending import dispatch
 from app.services import Services
+from app.ticks import record_tick
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,14 @@ HOUSEKEEPING_INTERVAL = timedelta(hours=1)
 
 def tick(services: Services) -> int:
     """Resume timed pauses that ran out, then queue every email due now; return how many."""
+    started = time.monotonic()
     with session_scope(services.sessions) as session:
         resumed = drip.resume_due(session, policy=services.policy, now=services.clock())
     if resumed:
         log.info("resumed %d courses whose pause ran out", resumed)
-    return dispatch(services, now=services.clock())
+    queued = dispatch(services, now=services.clock())
+    record_tick(services, time.monotonic() - started)
+    return queued
 
 
 def check_window_volume(services: Services) -> tuple[int, int] | None:

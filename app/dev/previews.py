@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from app.config import PROJECT_ROOT, Settings
+from app.config import PROJECT_ROOT, Settings, parse_reply_to
 from app.emails import render
 from app.services import Services
 
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    services = Services(Settings(base_url="https://course.onward.example"))
+    # REPLY_TO from the environment shows the invitation to reply as subscribers would see it.
+    reply_to = parse_reply_to(os.environ.get("REPLY_TO", ""))
+    services = Services(Settings(base_url="https://course.onward.example", reply_to=reply_to))
     recipient = services.sample_recipient()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or services.catalog.names:

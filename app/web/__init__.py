@@ -27,7 +27,7 @@ def services() -> Services:
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith(("/api/", "/webhooks/"))
 
 
 def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
@@ -38,19 +38,31 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import api, dev, health, links, pages
+    from app.web import admin, api, dev, health, links, metrics, pages, reading, webhooks
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(links.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(reading.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(metrics.bp)
     # Signed links carry their own proof, and the API takes JSON only (which a
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(webhooks.bp)  # relays prove themselves by signature or basic auth
+    # The console checks CSRF itself, after its session check (app/web/admin/auth.py).
+    csrf.exempt(admin.bp)
     if app.extensions["onward"].settings.dev_pages:
         app.register_blueprint(dev.bp)
+
+    @app.context_processor
+    def the_course() -> dict[str, object]:
+        # Every page names the course (its title, its number of steps) from the course file.
+        return {"course": services().course}
 
     @app.after_request
     def protective_headers(response: Response) -> Response:

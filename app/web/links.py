@@ -17,7 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from app import drip
 from app.db import session_scope
-from app.models import TOTAL_STEPS, Subscriber, SubscriberStatus
+from app.models import Subscriber, SubscriberStatus
 from app.tokens import Purpose
 from app.web import services
 from app.web.pacing import PACING_ACTIONS, SEND_AT_ONCE, in_words, pace, pacing_context
@@ -58,8 +58,8 @@ def take_action(action: str, session: Session, subscriber: Subscriber) -> bool:
     if action == "resume":
         return drip.resume(session, subscriber, policy=svc.policy, now=now)
     if action == "unsubscribe":
-        return drip.unsubscribe(session, subscriber, now=now)
-    drip.forget(session, subscriber)
+        return drip.unsubscribe(session, subscriber, keys=svc.mailbox_keys, now=now)
+    drip.forget(session, subscriber, keys=svc.mailbox_keys, now=now)
     return True
 
 
@@ -104,7 +104,7 @@ def unsubscribe(token: str) -> str:
     svc = services()
     with subscriber_from(Purpose.UNSUBSCRIBE, token) as (session, subscriber):
         if request.method == "POST":
-            drip.unsubscribe(session, subscriber, now=svc.clock())
+            drip.unsubscribe(session, subscriber, keys=svc.mailbox_keys, now=svc.clock())
         return render_template(
             "unsubscribe.html",
             subscriber=subscriber,
@@ -116,14 +116,30 @@ def unsubscribe(token: str) -> str:
 @bp.get("/manage/<token>")
 def manage(token: str) -> str:
     with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
-        return render_template(
-            "manage.html",
-            subscriber=subscriber,
-            token=token,
-            received=drip.progress(subscriber),
-            total=TOTAL_STEPS,
-            pacing=pacing_context(session, subscriber),
-        )
+        return manage_page(session, subscriber, token)
+
+
+def manage_page(
+    session: Session, subscriber: Subscriber, token: str, *, error: str | None = None
+) -> str:
+    """The manage page: status, steps received (each readable again), pacing actions."""
+    svc = services()
+    total = svc.course.step_count
+    received = drip.progress(subscriber, total)
+    links = svc.links(subscriber.key)
+    return render_template(
+        "manage.html",
+        subscriber=subscriber,
+        token=token,
+        received=received,
+        total=total,
+        # Each step received, linked to its "read in your browser" page.
+        read_urls=[
+            (step.number, step.subject, links.step_url(step.number))
+            for step in svc.course.steps[:received]
+        ],
+        pacing=pacing_context(session, subscriber, error=error),
+    )
 
 
 @bp.post("/manage/<token>/<action>")
@@ -135,15 +151,7 @@ def manage_action(token: str, action: str) -> BaseResponse | tuple[str, int] | s
             changed = take_action(action, session, subscriber)
         except (drip.InvalidPause, drip.InvalidTimeZone) as error:
             session.rollback()
-            page = render_template(
-                "manage.html",
-                subscriber=subscriber,
-                token=token,
-                received=drip.progress(subscriber),
-                total=TOTAL_STEPS,
-                pacing=pacing_context(session, subscriber, error=str(error)),
-            )
-            return page, 400
+            return manage_page(session, subscriber, token, error=str(error)), 400
         subscriber_id = subscriber.id
     if changed and action in SEND_AT_ONCE:
         send_soon(subscriber_id)
@@ -180,7 +188,7 @@ def subscriber_data(subscriber: Subscriber) -> dict[str, object]:
         "email": subscriber.email,
         "first_name": subscriber.first_name,
         "status": str(subscriber.status),
-        "steps_received": drip.progress(subscriber),
+        "steps_received": drip.progress(subscriber, services().course.step_count),
         "signed_up_at": when(subscriber.created_at),
         "next_email_at": when(subscriber.next_send_at),
         "time_zone": subscriber.time_zone,

@@ -39,7 +39,7 @@ def pace(action: str, session: Session, subscriber: Subscriber, form: Mapping[st
             raise drip.InvalidPause("Please choose a date, like 2026-03-20.") from None
         return drip.pause_until_date(session, subscriber, day, policy=policy, now=now)
     if action == "send-now":
-        return drip.send_next_now(session, subscriber, now=now)
+        return drip.send_next_now(session, subscriber, total_steps=policy.total_steps, now=now)
     if action == "start-again":
         return drip.start_again(session, subscriber, now=now)
     return drip.change_time_zone(
@@ -81,7 +81,9 @@ def pacing_context(
         else None,
         "resume_day": _day(subscriber.resume_at, zone) if subscriber.resume_at else None,
         "can_pause": subscriber.status in (S.ACTIVE, S.PAUSED),
-        "can_send_now": drip.can_send_now(session, subscriber, now=now),
+        "can_send_now": drip.can_send_now(
+            session, subscriber, total_steps=services().policy.total_steps, now=now
+        ),
         "can_start_again": subscriber.status == S.COMPLETED,
         "first_day": date.fromordinal(today.toordinal() + 1).isoformat(),
         "last_day": (now + drip.LONGEST_PAUSE).astimezone(zone).date().isoformat(),

@@ -16,13 +16,6 @@ from app.web import TooManyAttempts, services
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
 
-#: What the visitor agrees to; stored with each consent record.
-CONSENT_WORDING = (
-    "Send me the free course '10 steps to recover from job rejection': a confirmation "
-    "email now, then one short email every few days, ten in all. I can pause or "
-    "unsubscribe at any time."
-)
-
 
 def client_ip() -> str | None:
     """The visitor's address as this server sees it."""
@@ -46,7 +39,8 @@ def within_rate_limit(key: str) -> bool:
         redis = svc.redis
     except ConfigError:
         return True
-    return ratelimit.allow(redis, key, limit=svc.settings.subscribe_rate_limit, window_seconds=600)
+    limit = svc.settings.hygiene.signups_per_ip_per_hour
+    return ratelimit.allow(redis, key, limit=limit, window_seconds=3600)
 
 
 def sign_up(
@@ -59,7 +53,8 @@ def sign_up(
     """
     svc = services()
     settings = svc.settings
-    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{client_ip()}"):
+    network = ratelimit.ip_network_key(client_ip())
+    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{network}"):
         raise TooManyAttempts()
     try:
         email = drip.normalize_email(
@@ -76,7 +71,7 @@ def sign_up(
             first_name=first_name,
             time_zone=time_zone,
             source=source,
-            wording=CONSENT_WORDING,
+            wording=svc.course.consent_wording,
             ip=client_ip(),
             user_agent=request.user_agent.string,
             policy=svc.policy,
@@ -95,9 +90,15 @@ def index() -> str:
 
 def sign_up_page(*, error: str | None, form: dict[str, str]) -> str:
     """The sign-up page, with how often the steps come (from STEP_INTERVAL)."""
+    course = services().course
     every = timing.every(services().settings.step_interval)
     return render_template(
-        "index.html", wording=CONSENT_WORDING, error=error, form=form, every=every
+        "index.html",
+        wording=course.consent_wording,
+        credit=course.credit,
+        error=error,
+        form=form,
+        every=every,
     )
 
 
