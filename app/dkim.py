@@ -1,13 +1,21 @@
-"""DKIM signing of outgoing messages, and the DNS record that goes with the key."""
+"""DKIM signing of outgoing messages, and the DNS record that goes with the key.
+
+Signing is RFC 6376 rsa-sha256 with relaxed/relaxed canonicalisation, done here
+with `cryptography` on a key parsed once: a general-purpose library that parses
+the PEM key and parses the message again for every email costs several times more.
+Tests verify every signature with dkimpy.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dkim
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from app.config import ConfigError
 
@@ -27,6 +35,39 @@ SIGNED_HEADERS = (
 )
 
 
+_WSP_RUN = re.compile(rb"[ \t]+")
+_FOLD = re.compile(rb"\r\n(?=[ \t])")
+_TRAILING_WSP = re.compile(rb"[ \t]+(?=\r\n|\Z)")
+_TRAILING_EMPTY_LINES = re.compile(rb"(\r\n)+\Z")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The body in DKIM's relaxed canonical form (RFC 6376, 3.4.4)."""
+    if b"\t" in body or b"  " in body or b" \r\n" in body or body.endswith(b" "):
+        body = _TRAILING_WSP.sub(b"", _WSP_RUN.sub(b" ", body))
+    body = _TRAILING_EMPTY_LINES.sub(b"", body)
+    return body + b"\r\n" if body else b""
+
+
+def relaxed_header(name: bytes, value: bytes) -> bytes:
+    """One header field in DKIM's relaxed canonical form (RFC 6376, 3.4.2), without CRLF."""
+    value = _WSP_RUN.sub(b" ", _FOLD.sub(b"", value)).strip(b" \t\r\n")
+    return name.strip().lower() + b":" + value
+
+
+def split_headers(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The header fields of a message head (CRLF line ends), as (name, raw value) in order."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\r\n" + line)
+        elif line:
+            name, _, value = line.partition(b":")
+            fields.append((name, value))
+    return fields
+
+
 @dataclass(frozen=True)
 class DkimSigner:
     """Signs serialised messages for one domain and selector with one private key."""
@@ -34,34 +75,57 @@ class DkimSigner:
     domain: str
     selector: str
     private_key: bytes = field(repr=False)
+    #: The key, parsed once when the signer is made.
+    key: rsa.RSAPrivateKey = field(repr=False, compare=False)
 
     @classmethod
     def from_file(cls, path: Path, *, domain: str, selector: str) -> DkimSigner:
         """Load a PEM private key (RSA); a clear ConfigError if it is missing or unreadable."""
         try:
             pem = path.read_bytes()
-            serialization.load_pem_private_key(pem, password=None)
+            key = serialization.load_pem_private_key(pem, password=None)
         except OSError as error:
             raise ConfigError(f"DKIM_KEY_FILE {path}: {error.strerror}") from None
         except ValueError as error:
             raise ConfigError(f"DKIM_KEY_FILE {path} is not a PEM private key: {error}") from None
-        return cls(domain=domain, selector=selector, private_key=pem)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ConfigError(f"DKIM_KEY_FILE {path} is not an RSA private key")
+        return cls(domain=domain, selector=selector, private_key=pem, key=key)
 
     def sign(self, message: bytes) -> bytes:
-        """The message with a DKIM-Signature header in front."""
-        signature = dkim.sign(
-            message,
-            self.selector.encode(),
-            self.domain.encode(),
-            self.private_key,
-            include_headers=list(SIGNED_HEADERS),
+        """The message (CRLF line ends) with a DKIM-Signature header in front."""
+        head, separator, body = message.partition(b"\r\n\r\n")
+        if not separator:
+            head, body = message, b""
+        fields = split_headers(head)
+        # The last instance of each signed header is the one a verifier picks first.
+        chosen: list[tuple[bytes, bytes]] = []
+        for wanted in SIGNED_HEADERS:
+            for name, value in reversed(fields):
+                if name.strip().lower() == wanted:
+                    chosen.append((wanted, value))
+                    break
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+        tags = (
+            b" v=1; a=rsa-sha256; c=relaxed/relaxed; d="
+            + self.domain.encode()
+            + b"; s="
+            + self.selector.encode()
+            + b";\r\n h="
+            + b":".join(name for name, _ in chosen)
+            + b";\r\n bh="
+            + body_hash
+            + b";\r\n b="
         )
-        return bytes(signature) + message
+        signed = b"".join(relaxed_header(name, value) + b"\r\n" for name, value in chosen)
+        signed += relaxed_header(b"dkim-signature", tags)
+        signature = base64.b64encode(self.key.sign(signed, padding.PKCS1v15(), hashes.SHA256()))
+        folded = b"\r\n ".join(signature[i : i + 72] for i in range(0, len(signature), 72))
+        return b"DKIM-Signature:" + tags + folded + b"\r\n" + message
 
     def dns_record(self) -> tuple[str, str]:
         """The TXT record to publish: its name and its value."""
-        key = serialization.load_pem_private_key(self.private_key, password=None)
-        public = key.public_key().public_bytes(
+        public = self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         value = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"

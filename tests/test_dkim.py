@@ -129,3 +129,40 @@ def test_the_cli_prints_the_dns_record_to_publish(signing: Services) -> None:
     assert signing.dkim is not None
     assert value == signing.dkim.dns_record()[1]
     assert value.startswith("v=DKIM1; k=rsa; p=")
+
+
+def test_signatures_verify_for_folded_headers_and_untidy_bodies_and_break_when_tampered(
+    key_file: Path,
+) -> None:
+    signer = DkimSigner.from_file(key_file, domain="onward.test", selector="s1")
+    records = published(signer)
+    head = (
+        b"From: Onward <course@onward.test>\r\n"
+        b"To: =?utf-8?b?Wm/DqyDDnMOxw69jb2RlLcORYW1l?=\r\n =?utf-8?b?bG9uZw==?= <z@example.com>\r\n"
+        b"Subject:  Step 1   of 10\r\n"
+        b"List-Unsubscribe: <https://onward.test/unsubscribe/abc>\r\n"
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    )
+    for body in [
+        b"tidy line\r\nanother\r\n",
+        b"spaces  inside \t and at the end \t\r\n\r\n\r\n",
+        b"no final line end",
+        b"",
+    ]:
+        signed = signer.sign(head + b"\r\n" + body)
+        assert verify(signed, records), body
+        assert not verify(signed.replace(b"/unsubscribe/abc", b"/unsubscribe/abd"), records)
+        assert not verify(signed + b"appended\r\n", records)
+
+
+def test_the_key_is_parsed_once_not_per_message(
+    key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signer = DkimSigner.from_file(key_file, domain="onward.test", selector="s1")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the key was parsed again")
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", refuse)
+    raw = b"From: a@onward.test\r\nTo: b@example.com\r\nSubject: x\r\n\r\nHello\r\n"
+    assert verify(signer.sign(raw), published(signer))

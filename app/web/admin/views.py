@@ -7,6 +7,7 @@ Every view runs behind `auth.require_session`; every change is a POST with a CSR
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from jinja2 import TemplateError
@@ -99,7 +100,7 @@ def subscribers() -> str:
         query=query,
         status=status,
         statuses=list(SubscriberStatus),
-        progress=drip.progress,
+        progress=partial(drip.progress, total_steps=svc.course.step_count),
     )
 
 
