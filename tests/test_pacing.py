@@ -105,7 +105,7 @@ def test_every_step_arrives_in_the_same_local_morning_across_daylight_saving(
 def test_pages_and_emails_say_when_steps_come_from_the_schedule(
     client: FlaskClient, services: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
-    assert "one short, practical step every 2 days, ten in all" in text_of(client.get("/"))
+    assert "10 short emails, one practical step every 2 days," in text_of(client.get("/"))
     confirmation = signed_up(client, services, smtp, ADA)
     assert "the others follow every 2 days, between 09:00 and 11:00 your time." in confirmation.text
     # Monday 04:00 in New York: step 1 now, step 2 on Wednesday in the window.
@@ -129,7 +129,7 @@ def test_pages_and_emails_say_when_steps_come_from_the_schedule(
         send_window=timing.SendWindow(0, 86400, frozenset({0, 2, 4})),
     )
     services.__dict__.pop("sender", None)
-    assert "one short, practical step every 36 hours, ten in all" in text_of(client.get("/"))
+    assert "10 short emails, one practical step every 36 hours," in text_of(client.get("/"))
     signed_up(client, services, smtp, "grace@example.com")
     assert (
         "follow every 36 hours, on Monday, Wednesday and Friday."
