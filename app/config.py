@@ -133,6 +133,8 @@ class Settings:
     tick_seconds: float = 5.0
     batch_size: int = 100
     claim_lease: timedelta = timedelta(minutes=10)
+    #: How long the console's counted figures are kept (app/figures.py); 0: count per page.
+    console_cache: timedelta = timedelta(minutes=1)
     queue_name: str = "onward"
     check_deliverability: bool = False
     instance_dir: Path = DEFAULT_INSTANCE_DIR
@@ -229,6 +231,7 @@ class Settings:
             tick_seconds=interval("TICK_INTERVAL", "5s").total_seconds(),
             batch_size=positive_int("BATCH_SIZE", defaults.batch_size),
             claim_lease=claim_lease(env),
+            console_cache=console_cache(env),
             queue_name=env.get("QUEUE_NAME", defaults.queue_name),
             check_deliverability=env.get("CHECK_DELIVERABILITY", "false").lower()
             in {"1", "true", "yes"},
@@ -289,6 +292,17 @@ def parse_rate(text: str) -> Rate:
 
 #: The shortest CLAIM_LEASE: a batch gets half the lease to send in.
 MIN_CLAIM_LEASE = timedelta(seconds=10)
+
+
+def console_cache(env: Mapping[str, str]) -> timedelta:
+    """CONSOLE_CACHE (default 1m): how long the console's counts are kept; 0: not kept."""
+    text = env.get("CONSOLE_CACHE", "").strip() or "1m"
+    if text.rstrip("smhd") in {"0", "0.0"}:
+        return timedelta(0)
+    try:
+        return parse_interval(text)
+    except ConfigError as error:
+        raise ConfigError(f"CONSOLE_CACHE: {error}, or 0 to count on every page") from None
 
 
 def claim_lease(env: Mapping[str, str]) -> timedelta:

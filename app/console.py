@@ -96,6 +96,16 @@ def delivery_counts(session: Session) -> dict[DeliveryStatus, int]:
     return counts
 
 
+def ledger_counts(session: Session) -> dict[DeliveryStatus, int]:
+    """Every email in the ledger by status, every status present."""
+    counts = dict.fromkeys(DeliveryStatus, 0)
+    for status, count in session.execute(
+        select(Delivery.status, func.count()).group_by(Delivery.status)
+    ):
+        counts[DeliveryStatus(status)] = count
+    return counts
+
+
 @dataclass(frozen=True)
 class FunnelStep:
     """One step of the course and what happened around it."""
@@ -127,6 +137,8 @@ class Funnel:
     bounced_at_confirmation: int
     steps: list[FunnelStep]
     completed: int
+    #: Subscriptions by status, every status present.
+    statuses: dict[SubscriberStatus, int]
 
     @property
     def completion_rate(self) -> float:
@@ -198,6 +210,7 @@ def funnel(session: Session, total_steps: int) -> Funnel:
         bounced_at_confirmation=bounced_at_confirmation,
         steps=steps,
         completed=totals[S.COMPLETED],
+        statuses=totals,
     )
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, func, select, text
 
-from app import create_app, operators
+from app import create_app, figures, operators
 from app.config import Settings
 from app.db import migrate, session_scope, utcnow
+from app.dev.embedded_redis import EmbeddedRedis
 from app.models import Delivery, Subscriber
 from app.services import Services
 
@@ -119,16 +120,27 @@ def signed_in_client(services: Services) -> FlaskClient:
     return client
 
 
-def time_page(client: FlaskClient, path: str, rounds: int) -> list[float]:
+def time_page(
+    client: FlaskClient, path: str, rounds: int, headers: dict[str, str] | None = None
+) -> list[float]:
     """Milliseconds each GET of `path` took, after one warm-up request."""
-    assert client.get(path, base_url=BASE).status_code == 200
+    assert client.get(path, base_url=BASE, headers=headers).status_code == 200
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        response = client.get(path, base_url=BASE)
+        response = client.get(path, base_url=BASE, headers=headers)
         times.append((time.perf_counter() - start) * 1000)
         assert response.status_code == 200, path
     return times
+
+
+def time_metrics(services: Services, rounds: int) -> list[float]:
+    """Milliseconds each scrape of /metrics took, with a token set."""
+    services.settings = services.settings.with_changes(metrics_token="bench-metrics-token")
+    client = create_app(services=services).test_client()
+    return time_page(
+        client, "/metrics", rounds, headers={"Authorization": "Bearer bench-metrics-token"}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bench-console needs PostgreSQL: set BENCH_DATABASE_URL", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as folder:
+        # The pages read the figures the scheduler keeps in Redis: without REDIS_URL,
+        # an embedded server of this run's own holds them.
+        embedded = None if os.environ.get("REDIS_URL") else EmbeddedRedis(Path(folder) / "redis")
         settings = Settings(
             base_url=BASE,
             secret_key="bench",
             database_url=args.database_url,
-            redis_url=os.environ.get("REDIS_URL") or None,
+            redis_url=os.environ.get("REDIS_URL") or (embedded.url if embedded else None),
             instance_dir=Path(folder),
+            queue_name=f"bench-console-{os.getpid()}",
         )
         services = Services(settings)
         try:
@@ -159,17 +175,33 @@ def main(argv: list[str] | None = None) -> int:
                 subscribers = session.scalar(select(func.count()).select_from(Subscriber)) or 0
                 ledger = session.scalar(select(func.count()).select_from(Delivery)) or 0
             print(f"database: {subscribers:,} subscriptions, {ledger:,} ledger rows")
-            if settings.redis_url is None:
-                print("(REDIS_URL unset: the queue figures are skipped, as when Redis is down)")
+            counts = [figures.compute(services, now=utcnow()).seconds_to_compute * 1000]
+            counts += [
+                figures.compute(services, now=utcnow()).seconds_to_compute * 1000 for _ in range(2)
+            ]
+            print(
+                f"scheduler's count of every figure (in the background, every CONSOLE_CACHE): "
+                f"median {statistics.median(counts):7.1f} ms   max {max(counts):7.1f} ms"
+                f"   (3 counts)"
+            )
             client = signed_in_client(services)
+            figures.refresh(services, now=utcnow())
             for path, name in (("/admin/", "overview"), ("/admin/funnel", "funnel")):
                 times = time_page(client, path, args.rounds)
                 print(
                     f"{name:9s} GET {path:14s} median {statistics.median(times):7.1f} ms"
                     f"   max {max(times):7.1f} ms   ({args.rounds} requests)"
                 )
+            metrics = time_metrics(services, args.rounds)
+            print(
+                f"metrics   GET /metrics        median {statistics.median(metrics):7.1f} ms"
+                f"   max {max(metrics):7.1f} ms   ({args.rounds} requests)"
+            )
         finally:
+            figures.forget(services)
             services.close()
+            if embedded is not None:
+                embedded.stop()
     return 0
 
 

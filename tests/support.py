@@ -211,3 +211,20 @@ def begin(services: Services, subscriber_id: int, now: datetime) -> drip.Planned
             domain="onward.test",
             now=now,
         )
+
+
+def click_through(browser: Any, element: Any, timeout: float = 20) -> None:
+    """Click a link or button that loads a new page, and wait until that page has loaded.
+
+    A click returns as soon as the browser has the event; on a busy machine the old
+    page is still there for a moment, and a look at it would see the wrong page.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old_page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait = WebDriverWait(browser, timeout)
+    wait.until(expected_conditions.staleness_of(old_page))
+    wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")

@@ -28,7 +28,7 @@ from app.models import AuditEntry, Subscriber, SubscriberStatus
 from app.services import Services
 from tests.admin_support import OPERATOR, PASSWORD, add_operator, seed_course
 from tests.node_support import NODE_DIR, install_node_tools
-from tests.support import FakeClock, free_port
+from tests.support import FakeClock, click_through, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -154,10 +154,10 @@ def test_an_operator_signs_in_reads_the_funnel_searches_and_acts(
     check_page(browser, axe_source, "login")
     browser.find_element(By.ID, "email").send_keys(OPERATOR)
     browser.find_element(By.ID, "password").send_keys("not the password")
-    browser.find_element(By.CSS_SELECTOR, "main button[type=submit]").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, "main button[type=submit]"))
     assert "do not match" in browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "main button[type=submit]").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, "main button[type=submit]"))
     assert browser.find_element(By.TAG_NAME, "h1").text == "Overview"
     # The overview at a phone's width and at a desktop's: readable, nothing off the side.
     for name, (width, height) in (("overview-phone", PHONE), ("overview-desktop", DESKTOP)):
@@ -169,7 +169,7 @@ def test_an_operator_signs_in_reads_the_funnel_searches_and_acts(
         assert chart.accessible_name == "Emails sent per day"
         check_page(browser, axe_source, name)
 
-    browser.find_element(By.LINK_TEXT, "Funnel").click()
+    click_through(browser, browser.find_element(By.LINK_TEXT, "Funnel"))
     rows = browser.find_elements(By.CSS_SELECTOR, "#funnel-table tbody tr")
     shown = [[cell.text for cell in row.find_elements(By.CSS_SELECTOR, "th, td")] for row in rows]
     assert shown == [
@@ -185,14 +185,14 @@ def test_an_operator_signs_in_reads_the_funnel_searches_and_acts(
     assert browser.find_element(By.ID, "completed").text == f"{funnel.completed:,}"
     check_page(browser, axe_source, "funnel")
 
-    browser.find_element(By.LINK_TEXT, "Subscribers").click()
+    click_through(browser, browser.find_element(By.LINK_TEXT, "Subscribers"))
     check_page(browser, axe_source, "subscribers")
     browser.find_element(By.ID, "q").send_keys(target_email)
-    browser.find_element(By.CSS_SELECTOR, "form.search button").click()
-    browser.find_element(By.LINK_TEXT, target_email).click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, "form.search button"))
+    click_through(browser, browser.find_element(By.LINK_TEXT, target_email))
     assert browser.find_element(By.ID, "status").text == "active"
     check_page(browser, axe_source, "subscriber")
-    browser.find_element(By.XPATH, "//button[normalize-space()='Pause']").click()
+    click_through(browser, browser.find_element(By.XPATH, "//button[normalize-space()='Pause']"))
     assert browser.find_element(By.ID, "status").text == "paused"
     assert "Done: pause." in browser.find_element(By.CSS_SELECTOR, "[role=status]").text
     with session_scope(services.sessions) as session:
@@ -205,12 +205,12 @@ def test_an_operator_signs_in_reads_the_funnel_searches_and_acts(
         )
 
     for link, name in (("Problems", "problems"), ("Emails", "emails")):
-        browser.find_element(By.LINK_TEXT, link).click()
+        click_through(browser, browser.find_element(By.LINK_TEXT, link))
         check_page(browser, axe_source, name)
-    browser.find_element(By.LINK_TEXT, "step-01").click()
+    click_through(browser, browser.find_element(By.LINK_TEXT, "step-01"))
     check_page(browser, axe_source, "email")
 
-    browser.find_element(By.XPATH, "//button[normalize-space()='Sign out']").click()
+    click_through(browser, browser.find_element(By.XPATH, "//button[normalize-space()='Sign out']"))
     assert browser.current_url == f"{base}/admin/login"
     browser.get(f"{base}/admin/")
     assert browser.current_url == f"{base}/admin/login"

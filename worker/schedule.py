@@ -17,7 +17,7 @@ from types import FrameType
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import drip
+from app import drip, figures
 from app.checks import start_process
 from app.config import ConfigError
 from app.db import session_scope
@@ -69,6 +69,8 @@ def run_forever(services: Services, stop: threading.Event) -> None:
     """Tick every TICK_INTERVAL until `stop` is set; outages are logged and retried."""
     interval = services.settings.tick_seconds
     log.info("scheduler ticking every %ss", interval)
+    # Counting for the console can take seconds on a big list: never in the tick's way.
+    figures.refresh_in_background(services, stop)
     next_housekeeping = services.clock()
     while not stop.is_set():
         try:

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
-from app import console
+from app import console, figures
 from app.config import ConfigError
 from app.db import session_scope
 from app.models import Delivery, DeliveryStatus
@@ -39,15 +39,11 @@ class OnwardCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The metrics, one family each."""
         svc = self.services
+        counted = figures.current(svc, now=svc.clock())
+        statuses = counted.statuses
+        outcomes = {str(status): count for status, count in counted.outcomes.items()}
         with session_scope(svc.sessions) as session:
-            statuses = console.status_counts(session)
             sent_last_minute = console.sent_last_minute(session, now=svc.clock())
-            outcomes = {
-                str(status): count
-                for status, count in session.execute(
-                    select(Delivery.status, func.count()).group_by(Delivery.status)
-                )
-            }
             problems = session.execute(
                 select(Delivery.status, Delivery.failure_class, func.count())
                 .where(Delivery.status.in_((DeliveryStatus.DEFERRED, DeliveryStatus.FAILED)))

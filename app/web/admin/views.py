@@ -14,7 +14,7 @@ from jinja2 import TemplateError
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as BaseResponse
 
-from app import console, drip, operators, store
+from app import console, drip, figures, operators, store
 from app.config import ConfigError
 from app.db import session_scope
 from app.emails import EmailTemplateError, build_message, render
@@ -32,13 +32,10 @@ def overview() -> str:
     """Subscriptions by status, emails per day, what is due, the queue and the relay."""
     svc = services()
     now = svc.clock()
+    counted = figures.current(svc, now=now)
     with session_scope(svc.sessions) as session:
-        statuses = console.status_counts(session)
-        per_day = console.sent_per_day(session, now=now)
-        due = console.due(session, now=now)
-        deliveries = console.delivery_counts(session)
+        # The one live count: the send rate reached, over the last minute (an index range).
         sent_last_minute = console.sent_last_minute(session, now=now)
-        hygiene = drip.hygiene_counts(session, now=now)
     queue: console.QueueState | None = None
     relay: console.Relay | None = None
     try:
@@ -46,6 +43,7 @@ def overview() -> str:
         relay = console.relay_state(svc)
     except (RedisError, ConfigError) as error:
         log.warning("console: Redis unavailable: %s", error)
+    per_day = counted.per_day
     chart = bar_chart(
         "Emails sent per day",
         f"Emails the relay accepted each day (UTC), {per_day[0][0]:%d %b} to "
@@ -55,17 +53,20 @@ def overview() -> str:
     )
     return render_template(
         "admin/overview.html",
-        statuses=statuses,
-        total=sum(statuses.values()),
+        statuses=counted.statuses,
+        total=sum(counted.statuses.values()),
         per_day=per_day,
         chart=chart,
-        due=due,
-        deliveries=deliveries,
+        due=counted.due,
+        deliveries=counted.deliveries,
         queue=queue,
         queue_age=(now - queue.oldest_enqueued_at) if queue and queue.oldest_enqueued_at else None,
         relay=relay,
         sent_last_minute=sent_last_minute,
-        hygiene=hygiene,
+        hygiene=counted.hygiene,
+        counted_at=counted.computed_at,
+        kept_seconds=int(svc.settings.console_cache.total_seconds()),
+        live="The queue, the relay and the last minute's send rate are live.",
         complaint_limit=drip.GMAIL_COMPLAINT_LIMIT,
         now=now,
     )
@@ -75,14 +76,19 @@ def overview() -> str:
 def funnel() -> str:
     """For each step: reached, paused after, unsubscribed after, bounced at; completion."""
     svc = services()
-    with session_scope(svc.sessions) as session:
-        figures = console.funnel(session, svc.course.step_count)
+    counted = figures.current(svc, now=svc.clock())
     chart = bar_chart(
         "Subscriptions that reached each step",
         "How many subscriptions received each of the course's steps.",
-        [(f"Step {step.number}", step.reached) for step in figures.steps],
+        [(f"Step {step.number}", step.reached) for step in counted.funnel.steps],
     )
-    return render_template("admin/funnel.html", funnel=figures, chart=chart)
+    return render_template(
+        "admin/funnel.html",
+        funnel=counted.funnel,
+        chart=chart,
+        counted_at=counted.computed_at,
+        kept_seconds=int(svc.settings.console_cache.total_seconds()),
+    )
 
 
 @bp.get("/subscribers")
@@ -162,6 +168,8 @@ def act(subscriber_id: int, action: str) -> BaseResponse:
             keys=svc.mailbox_keys,
             now=now,
         )
+    if changed:
+        figures.forget(svc)  # the operator should see the effect in the figures at once
     if action == "erase":
         flash(f"Subscription {subscriber_id} and all its data were erased.")
         return redirect(url_for("admin.subscribers"))
