@@ -11,8 +11,6 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from app import drip, operators
-from app.config import DEFAULT_EMAILS_DIR
-from app.course import load_course
 from app.db import session_scope
 from app.failures import FailureClass
 from app.models import (
@@ -24,6 +22,7 @@ from app.models import (
     SubscriberStatus,
 )
 from app.services import Services
+from tests.support import TOTAL_STEPS
 
 S = SubscriberStatus
 OPERATOR = "ops@onward.test"
@@ -32,7 +31,6 @@ PASSWORD = "correct horse battery staple"
 HTTPS = "https://onward.test"
 
 #: The course's size, from the course file.
-TOTAL_STEPS = load_course(DEFAULT_EMAILS_DIR).step_count
 
 
 def referer(path: str) -> dict[str, str]:

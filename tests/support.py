@@ -20,9 +20,20 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy.orm import Session
 
 from app import drip, store
+from app.config import DEFAULT_EMAILS_DIR
+from app.course import load_course
 from app.db import session_scope
-from app.models import Subscriber
+from app.models import Subscriber, SubscriberStatus
 from app.services import Services
+
+#: The steps of the course the tests send (the course file in EMAILS_DIR's default).
+TOTAL_STEPS = load_course(DEFAULT_EMAILS_DIR).step_count
+
+
+def status_of(services: Services, subscriber_id: int) -> SubscriberStatus:
+    """A subscription's status as the database holds it now."""
+    with session_scope(services.sessions) as session:
+        return session.get_one(Subscriber, subscriber_id).status
 
 
 class FakeClock:

@@ -16,8 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app import console, drip, operators
-from app.config import DEFAULT_EMAILS_DIR, Rate
-from app.course import load_course
+from app.config import Rate
 from app.db import session_scope
 from app.models import (
     AuditEntry,
@@ -45,12 +44,11 @@ from tests.admin_support import (
     seed_course,
     signed_in,
 )
-from tests.support import FakeClock, SmtpSink, active_subscriber, run_worker
+from tests.support import TOTAL_STEPS, FakeClock, SmtpSink, active_subscriber, run_worker
 
 S = SubscriberStatus
 
 #: The course's size, from the course file.
-TOTAL_STEPS = load_course(DEFAULT_EMAILS_DIR).step_count
 
 
 def sample_url(rule: Any) -> str:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from app import drip, sendrate
 from app.config import ConfigError, Rate, Settings, parse_rate
 from app.db import session_scope
-from app.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus
+from app.models import Delivery, DeliveryStatus, Subscriber
 from app.sending import dispatch, send_batch
 from app.sendrate import SendRate
 from app.services import Services
@@ -37,12 +37,6 @@ from tests.support import (
     run_worker,
 )
 from worker.schedule import tick
-
-
-def status_of(services: Services, subscriber_id: int) -> SubscriberStatus:
-    with session_scope(services.sessions) as session:
-        return session.get_one(Subscriber, subscriber_id).status
-
 
 # --- addresses and names -----------------------------------------------------------------
 
@@ -391,10 +385,10 @@ def test_eight_workers_never_exceed_the_send_rate(
     assert errors == []
     arrivals = sorted(smtp.arrivals)
     assert len(arrivals) == workers * per_worker
-    jitter = max(2, rate // 4)
+    jitter = max(2, rate // 2)
     window = [t for t in arrivals if t - arrivals[0] <= seconds]
     assert len(window) <= rate * seconds + jitter
-    # In any one or five seconds, at most the rate, plus what a quarter of a second
+    # In any one or five seconds, at most the rate, plus what half a second
     # of jitter between the reserved slot and the arrival can bunch together: the
     # slots themselves are exact, but a busy machine delays some sends and not others.
     for span in (1.0, 5.0):

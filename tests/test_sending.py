@@ -25,6 +25,7 @@ from tests.support import (
     claim,
     free_port,
     run_worker,
+    status_of,
 )
 from worker.schedule import tick
 
@@ -33,11 +34,6 @@ def ledger(services: Services) -> Counter[tuple[int, str, int, str]]:
     with session_scope(services.sessions) as session:
         rows = session.scalars(select(Delivery)).all()
         return Counter((d.subscriber_id, str(d.kind), d.number, str(d.status)) for d in rows)
-
-
-def status_of(services: Services, subscriber_id: int) -> SubscriberStatus:
-    with session_scope(services.sessions) as session:
-        return session.get_one(Subscriber, subscriber_id).status
 
 
 def test_a_batch_goes_out_over_one_smtp_connection(
