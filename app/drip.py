@@ -13,12 +13,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, EmailUndeliverableError, validate_email
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import store, timing
+from app import addresses, store, timing
 from app.config import Rate
 from app.failures import FailureClass, classify_reported
 from app.mailbox import MailboxKeys
@@ -163,8 +163,12 @@ def normalize_email(raw: str, *, check_deliverability: bool = False, smtputf8: b
         )
     try:
         address = validate_email(candidate, check_deliverability=check_deliverability).normalized
-    except EmailNotValidError as error:
-        raise InvalidEmail(f"That doesn't look like a valid email address: {error}") from None
+    except EmailUndeliverableError:
+        raise InvalidEmail(addresses.undeliverable(candidate)) from None
+    except EmailNotValidError:
+        # The library's wording ("invalid characters before the @-sign: SPACE") is for
+        # developers: the subscriber gets plain words and what to do.
+        raise InvalidEmail(addresses.plain_reason(candidate)) from None
     # Mailbox providers treat the local part case-insensitively, and so do we:
     # Ada@example.com and ada@example.com are one subscriber.
     return address.lower()

@@ -202,7 +202,9 @@ def test_an_erased_address_stays_suppressed_and_is_kept_only_as_a_hash(
     kept = active_subscriber(services, "grace+old@example.com", clock.now)
     active_subscriber(services, "grace@example.com", clock.now)
     clock.advance(timedelta(minutes=1))
-    response = client.post(f"{manage_path(services, 'grace@example.com')}/delete")
+    response = client.post(
+        f"{manage_path(services, 'grace@example.com')}/delete", data={"confirm": "yes"}
+    )
     assert response.status_code == 200
     assert "grace@example.com" not in every_value_in_the_database(services)
     with session_scope(services.sessions) as session:

@@ -37,3 +37,21 @@ def test_previews_say_how_to_get_chromium_when_it_is_missing(
     monkeypatch.setattr(previews, "find_chromium", lambda: None)
     assert previews.main(["--out", str(tmp_path)]) == 2
     assert "apt-get install chromium" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    previews.find_chromium() is None,
+    reason="Chromium is not installed: apt-get install chromium (or set CHROMIUM) to run it",
+)
+def test_previews_keep_screenshots_of_the_subscribers_pages(tmp_path: Path) -> None:
+    assert previews.main(["--out", str(tmp_path), "--only", previews.PAGES]) == 0
+    for name in ("sign-up", "check-inbox", "confirm", "manage", "delete", "not-found"):
+        for label, size in previews.PAGE_SIZES.items():
+            shot = tmp_path / f"page-{name}-{label}.png"
+            assert png_size(shot) == size
+            assert shot.stat().st_size > 10_000, f"{shot.name} looks blank"
+    assert not list(tmp_path.glob("*.html")), "only the screenshots are kept"
+    assert not list(tmp_path.glob("*-desktop.png")) or all(
+        p.name.startswith("page-") for p in tmp_path.glob("*.png")
+    ), "--only pages takes no email shots"

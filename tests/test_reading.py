@@ -125,7 +125,7 @@ def test_after_unsubscribing_received_steps_stay_readable_and_after_deletion_non
     assert client.post(path_of(step_one.link("unsubscribe"))).status_code == 200
     assert client.get(read).status_code == 200
     manage = path_of(step_one.link("manage"))
-    assert client.post(f"{manage}/delete").status_code == 200
+    assert client.post(f"{manage}/delete", data={"confirm": "yes"}).status_code == 200
     assert client.get(read).status_code == 404
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -182,8 +183,9 @@ def app_with(built: list[Services], settings: Settings, clock: FakeClock, **chan
 
 INVALID = [
     pytest.param("", "Please enter your email address.", id="empty"),
-    pytest.param("not-an-email", "doesn't look like a valid email address", id="no-at"),
-    pytest.param("a@b", "doesn't look like a valid email address", id="no-dot"),
+    pytest.param("not-an-email", "An email address needs an @ in it", id="no-at"),
+    pytest.param("a@b", "The part after the @ should be a full domain, like b.com.", id="no-dot"),
+    pytest.param("ada @example.com", "can't contain spaces", id="space"),
     pytest.param(LONG_ADDRESS, "That email address is too long.", id="300-chars"),
 ]
 
@@ -271,6 +273,12 @@ def test_the_api_wants_string_fields(client: FlaskClient, services: Services) ->
 # --- no enumeration, no duplicate confirmations --------------------------------------------
 
 
+def shape(page: str, address: str) -> str:
+    """A page without what the visitor typed and the form tokens: what it says of the address."""
+    page = re.sub(r'name="csrf_token" value="[^"]+"', 'name="csrf_token"', page)
+    return page.replace(address, "ADDRESS")
+
+
 def test_the_answer_is_the_same_whether_the_address_is_new_pending_active_or_gone(
     app: Flask, services: Services, smtp: SmtpSink
 ) -> None:
@@ -290,7 +298,8 @@ def test_the_answer_is_the_same_whether_the_address_is_new_pending_active_or_gon
     api_answers = set()
     for state in ("new", "pending", "active", "gone"):
         form = form_sign_up(prober, f"{state}-form@example.com")
-        form_answers.add((form.status_code, form.mimetype, form.get_data(as_text=True)))
+        page = shape(form.get_data(as_text=True), f"{state}-form@example.com")
+        form_answers.add((form.status_code, form.mimetype, page))
         api = prober.post("/api/subscribe", json={"email": f"{state}-api@example.com"})
         api_answers.add((api.status_code, api.mimetype, api.get_data(as_text=True)))
 
@@ -356,7 +365,7 @@ def test_the_honeypot_answers_like_a_sign_up_and_stores_nothing(
     real = form_sign_up(client, BOB)
     bot = form_sign_up(client, ADA, "Ada", website="https://spam.example")
     assert bot.status_code == real.status_code == 200
-    assert bot.get_data() == real.get_data()
+    assert shape(text_of(bot), ADA) == shape(text_of(real), BOB)
     assert "Check your inbox" in text_of(bot)
     deliver(services)
     assert subscribers(services, ADA) == []
@@ -486,7 +495,7 @@ def test_links_to_a_deleted_subscription_get_a_human_404(
 ) -> None:
     confirmed(client, services, smtp, ADA)
     links = links_of(services, ADA)
-    deleted = client.post(path_of(links.manage_url) + "/delete")
+    deleted = client.post(path_of(links.manage_url) + "/delete", data={"confirm": "yes"})
     assert deleted.status_code == 200
     assert subscribers(services, ADA) == []
     for method, url in [
@@ -689,7 +698,9 @@ def test_delete_erases_the_subscriber_consent_and_deliveries_only(
     assert count(services, Consent) == 2
     assert count(services, Delivery) == 4
 
-    response = client.post(path_of(services.links(ada.key).manage_url) + "/delete")
+    response = client.post(
+        path_of(services.links(ada.key).manage_url) + "/delete", data={"confirm": "yes"}
+    )
     assert response.status_code == 200
     assert "Your data is deleted" in text_of(response)
     assert subscribers(services, ADA) == []

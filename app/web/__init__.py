@@ -26,6 +26,20 @@ def services() -> Services:
     return svc
 
 
+#: What a visitor reads for the errors whose stock wording would otherwise show.
+FRIENDLY = {
+    404: (
+        "Page not found",
+        "We couldn't find that page. If you followed a link from one of our emails, "
+        "please check it was copied whole, or start again from the home page.",
+    ),
+    405: (
+        "That didn't work from here",
+        "This page can't be used that way. Please go back and use the button on the page.",
+    ),
+}
+
+
 def _wants_json() -> bool:
     return request.path.startswith(("/api/", "/webhooks/"))
 
@@ -116,7 +130,12 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response | str, int]:
-        return _error(error.code or 500, error.name, error.description or "")
+        code = error.code or 500
+        stock = error.description == type(error).description
+        if code in FRIENDLY and stock and not _wants_json():
+            # Werkzeug's stock wording is for developers; our own descriptions stay.
+            return _error(code, *FRIENDLY[code])
+        return _error(code, error.name, error.description or "")
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response | str, int]:

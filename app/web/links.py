@@ -113,14 +113,35 @@ def unsubscribe(token: str) -> str:
         )
 
 
+#: The banner after each manage action (post/redirect/get with `?done=<action>`).
+DONE = {
+    "pause": "Done: your course is paused. We won't send anything until you resume.",
+    "resume": "Done: your course is running again.",
+    "unsubscribe": "Done: you're unsubscribed. We won't send you any more emails.",
+    "pause-week": "Done: your course is paused for a week.",
+    "pause-until": "Done: your course is paused until the day you chose.",
+    "send-now": "Done: your next step is on its way now.",
+    "start-again": "Done: you're starting again from step 1. It's on its way now.",
+    "time-zone": "Done: your time zone is changed.",
+    "unchanged": "Nothing needed changing: your subscription was already like that.",
+}
+
+
 @bp.get("/manage/<token>")
 def manage(token: str) -> str:
     with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
-        return manage_page(session, subscriber, token)
+        return manage_page(
+            session, subscriber, token, banner=DONE.get(request.args.get("done", ""))
+        )
 
 
 def manage_page(
-    session: Session, subscriber: Subscriber, token: str, *, error: str | None = None
+    session: Session,
+    subscriber: Subscriber,
+    token: str,
+    *,
+    error: str | None = None,
+    banner: str | None = None,
 ) -> str:
     """The manage page: status, steps received (each readable again), pacing actions."""
     svc = services()
@@ -139,6 +160,7 @@ def manage_page(
             for step in svc.course.steps[:received]
         ],
         pacing=pacing_context(session, subscriber, error=error),
+        banner=banner,
     )
 
 
@@ -147,6 +169,9 @@ def manage_action(token: str, action: str) -> BaseResponse | tuple[str, int] | s
     with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
         if action not in ACTIONS:
             raise NotFound("There is no such action.")
+        if action == "delete" and request.form.get("confirm") != "yes":
+            # Erasing cannot be undone: the first press only asks.
+            return render_template("delete.html", subscriber=subscriber, token=token)
         try:
             changed = take_action(action, session, subscriber)
         except (drip.InvalidPause, drip.InvalidTimeZone) as error:
@@ -162,7 +187,8 @@ def manage_action(token: str, action: str) -> BaseResponse | tuple[str, int] | s
             message="We have erased your address and everything we kept about your "
             "subscription. You won't hear from us again.",
         )
-    return redirect(url_for("links.manage", token=token), code=303)
+    done = action if changed else "unchanged"
+    return redirect(url_for("links.manage", token=token, done=done), code=303)
 
 
 @bp.get("/manage/<token>/data.json")
