@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from email.utils import formataddr, getaddresses
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -116,6 +117,14 @@ class SmtpSettings:
         )
 
 
+class ClickTracking(StrEnum):
+    """CLICK_TRACKING: what following a link in an email records (app/clicks.py)."""
+
+    OFF = "off"
+    PER_LINK = "per-link"
+    PER_PERSON = "per-person"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Onward reads from its environment, with the defaults `make run` uses."""
@@ -133,6 +142,8 @@ class Settings:
     tick_seconds: float = 5.0
     batch_size: int = 100
     claim_lease: timedelta = timedelta(minutes=10)
+    #: What following a link in an email records (app/clicks.py): off, per-link, per-person.
+    click_tracking: ClickTracking = ClickTracking.OFF
     #: How long the console's counted figures are kept (app/figures.py); 0: count per page.
     console_cache: timedelta = timedelta(minutes=1)
     queue_name: str = "onward"
@@ -232,6 +243,9 @@ class Settings:
             batch_size=positive_int("BATCH_SIZE", defaults.batch_size),
             claim_lease=claim_lease(env),
             console_cache=console_cache(env),
+            click_tracking=ClickTracking(
+                choice("CLICK_TRACKING", {m.value for m in ClickTracking}, "off")
+            ),
             queue_name=env.get("QUEUE_NAME", defaults.queue_name),
             check_deliverability=env.get("CHECK_DELIVERABILITY", "false").lower()
             in {"1", "true", "yes"},

@@ -23,6 +23,7 @@ from app.models import (
     Delivery,
     DeliveryStatus,
     EmailKind,
+    LinkClicks,
     Subscriber,
     SubscriberStatus,
 )
@@ -278,7 +279,11 @@ def subscriber_with_history(session: Session, subscriber_id: int) -> Subscriber 
     return session.scalar(
         select(Subscriber)
         .where(Subscriber.id == subscriber_id)
-        .options(selectinload(Subscriber.consent), selectinload(Subscriber.deliveries))
+        .options(
+            selectinload(Subscriber.consent),
+            selectinload(Subscriber.deliveries),
+            selectinload(Subscriber.clicks),
+        )
     )
 
 
@@ -350,6 +355,18 @@ def problem_groups(session: Session, *, limit: int = 100) -> list[ProblemGroup]:
         )
         for (status, failure_class, error), (count, last_at) in ordered[:limit]
     ]
+
+
+def link_clicks(session: Session) -> dict[str, list[tuple[str, int]]]:
+    """Clicks per email and link (CLICK_TRACKING on), most clicked link first."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for template, link, clicks in session.execute(
+        select(LinkClicks.template, LinkClicks.link, LinkClicks.clicks).order_by(
+            LinkClicks.template, LinkClicks.clicks.desc(), LinkClicks.link
+        )
+    ):
+        found.setdefault(template, []).append((link, clicks))
+    return found
 
 
 def step_figures(session: Session) -> dict[str, dict[DeliveryStatus, int]]:

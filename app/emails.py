@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
@@ -17,6 +17,7 @@ import idna
 import mrml
 from jinja2 import Environment, StrictUndefined, Template, TemplateError
 
+from app.clicks import track_links
 from app.course import Course
 from app.tokens import Links
 
@@ -250,6 +251,9 @@ class Recipient:
     #: When the next step arrives, in words ("on Tuesday morning"); "soon" where no
     #: schedule applies (previews, checks).
     next_step_when: str = "soon"
+    #: With CLICK_TRACKING on: (email name, link name, URL) -> the URL that counts a
+    #: click on it (app/clicks.py). None: links go straight where they lead.
+    track: Callable[[str, str, str], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,15 @@ def render(
     context["subject"] = subject = email.subject.render(context).strip()
     # Paragraphs left out by a condition ({% if reply_to %}) leave blank lines behind.
     text = _BLANK_LINES.sub("\n\n", email.text.render(context))
-    return RenderedEmail(subject=subject, html=email.html.render(context), text=text)
+    rendered = RenderedEmail(subject=subject, html=email.html.render(context), text=text)
+    track = recipient.track
+    if track is None or in_browser:
+        return rendered
+    # The links that act on the subscription are never tracked, only content links.
+    actions = {links.confirm_url, links.pause_url, links.unsubscribe_url, links.manage_url}
+    return track_links(
+        rendered, track=lambda link, url: track(email.name, link, url), never=actions
+    )
 
 
 def envelope_address(address: str) -> str:

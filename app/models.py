@@ -109,6 +109,10 @@ class Subscriber(Base):
     deliveries: Mapped[list[Delivery]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", order_by="Delivery.id"
     )
+    #: Links followed, only with CLICK_TRACKING=per-person; erased with the subscription.
+    clicks: Mapped[list[Click]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="Click.id"
+    )
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.id} {self.status} step={self.next_step}>"
@@ -285,3 +289,34 @@ class AuditEntry(Base):
     #: Not a foreign key: the entry stays when the subscription is erased.
     subscriber_id: Mapped[int | None] = mapped_column(Integer, index=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class LinkClicks(Base):
+    """How often one link of one email was followed, counted for everyone together.
+
+    Kept only with CLICK_TRACKING on; a link is named by its text, not its URL, since
+    our own links carry each subscriber's token.
+    """
+
+    __tablename__ = "link_clicks"
+    __table_args__ = (UniqueConstraint("template", "link"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    template: Mapped[str] = mapped_column(String(64))
+    link: Mapped[str] = mapped_column(String(500))
+    clicks: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Click(Base):
+    """One person following one link: kept only with CLICK_TRACKING=per-person."""
+
+    __tablename__ = "click"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="CASCADE"), index=True
+    )
+    template: Mapped[str] = mapped_column(String(64))
+    link: Mapped[str] = mapped_column(String(500))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -205,6 +205,7 @@ def _send_one(
         links=services.links(planned.subscriber_key),
         message_id=planned.message_id,
         next_step_when=next_step_when(planned, now),
+        track=services.click_tracker(planned.subscriber_key),
     )
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)

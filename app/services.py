@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import timing
 from app.breaker import Breaker
-from app.config import ConfigError, Settings
+from app.config import ClickTracking, ConfigError, Settings
 from app.course import Course, load_course
 from app.db import make_engine, make_sessionmaker, utcnow
 from app.dkim import DkimSigner
@@ -24,7 +24,7 @@ from app.emails import EmailCatalog, Recipient, Sender
 from app.mailbox import MailboxKeys
 from app.mailer import SmtpMailer
 from app.sendrate import SendRate
-from app.tokens import Links, LinkSigner
+from app.tokens import Links, LinkSigner, TrackedLink
 
 
 @dataclass
@@ -155,6 +155,22 @@ class Services:
     def links(self, subscriber_key: str) -> Links:
         """The signed links of one subscription."""
         return Links.for_key(self.signer, self.settings.base_url, subscriber_key)
+
+    def click_tracker(self, subscriber_key: str) -> Callable[[str, str, str], str] | None:
+        """With CLICK_TRACKING on: what turns a link of this subscription's email into one
+        that counts its click (naming the subscription only with `per-person`)."""
+        mode = self.settings.click_tracking
+        if mode == ClickTracking.OFF:
+            return None
+        key = subscriber_key if mode == ClickTracking.PER_PERSON else None
+        base_url = self.settings.base_url
+        signer = self.signer
+
+        def track(template: str, link: str, url: str) -> str:
+            token = signer.sign_click(TrackedLink(template, link, url, key))
+            return f"{base_url}/c/{token}"
+
+        return track
 
     def close(self) -> None:
         """Close the database pool and the Redis connection, if they were opened."""

@@ -13,15 +13,19 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models import (
     ENDED_STATUSES,
+    Click,
     ConfirmationCount,
     Delivery,
     DeliveryStatus,
     EmailKind,
+    LinkClicks,
     MailEvent,
     MailEventKind,
     Subscriber,
@@ -373,3 +377,26 @@ def take_confirmation(session: Session, mailbox_hash: str, *, limit: int, now: d
         except IntegrityError:
             continue  # another worker made today's row first: count against it
     return False
+
+
+def count_click(session: Session, template: str, link: str, *, now: datetime) -> None:
+    """Add one click to a link's count (created at its first click)."""
+    values = {"template": template, "link": link, "clicks": 1, "last_at": now}
+    upsert = (
+        postgresql_insert(LinkClicks)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite_insert(LinkClicks)
+    )
+    session.execute(
+        upsert.values(**values).on_conflict_do_update(
+            index_elements=["template", "link"],
+            set_={"clicks": LinkClicks.clicks + 1, "last_at": now},
+        )
+    )
+
+
+def add_click(
+    session: Session, subscriber_id: int, template: str, link: str, *, now: datetime
+) -> None:
+    """Note that this subscription followed this link (CLICK_TRACKING=per-person only)."""
+    session.add(Click(subscriber_id=subscriber_id, template=template, link=link, at=now))

@@ -17,6 +17,7 @@ class Purpose(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     MANAGE = "manage"
     READ = "read"
+    CLICK = "click"
 
 
 class InvalidLink(ValueError):
@@ -54,6 +55,43 @@ class LinkSigner:
         if not isinstance(key, str):
             raise InvalidLink(purpose)
         return key
+
+    def sign_click(self, click: TrackedLink) -> str:
+        """A token for a tracked link: which email, which link, where to, and maybe who."""
+        return str(
+            self._serializers[Purpose.CLICK].dumps(
+                [click.template, click.link, click.url, click.subscriber_key]
+            )
+        )
+
+    def read_click(self, token: str) -> TrackedLink:
+        """The tracked link inside a token, or InvalidLink (tracked links never expire)."""
+        try:
+            data = self._serializers[Purpose.CLICK].loads(token)
+        except BadSignature:
+            raise InvalidLink(Purpose.CLICK) from None
+        if (
+            not isinstance(data, list)
+            or len(data) != 4
+            or not all(isinstance(part, str) for part in data[:3])
+            or not isinstance(data[3], str | None)
+        ):
+            raise InvalidLink(Purpose.CLICK)
+        return TrackedLink(template=data[0], link=data[1], url=data[2], subscriber_key=data[3])
+
+
+@dataclass(frozen=True)
+class TrackedLink:
+    """A link in an email, as its click-tracking token holds it."""
+
+    #: The email it is in (confirmation, step-01, ...).
+    template: str
+    #: The link's name for counting: its text, the same for every subscriber.
+    link: str
+    #: Where it leads.
+    url: str
+    #: Whose email it was in: only with CLICK_TRACKING=per-person, else None.
+    subscriber_key: str | None
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import admin, api, dev, health, links, metrics, pages, reading, webhooks
+    from app.web import admin, api, clicks, dev, health, links, metrics, pages, reading, webhooks
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
@@ -63,6 +63,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(clicks.bp)
     # Signed links carry their own proof, and the API takes JSON only (which a
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)

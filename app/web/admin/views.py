@@ -240,12 +240,21 @@ def emails() -> str:
     svc = services()
     with session_scope(svc.sessions) as session:
         figures = console.step_figures(session)
+        clicks = console.link_clicks(session)
     try:
         names = svc.catalog.names
     except EmailTemplateError as error:
-        return render_template("admin/emails.html", names=[], figures={}, error=str(error))
+        return render_template(
+            "admin/emails.html", names=[], figures={}, clicks={}, error=str(error)
+        )
     return render_template(
-        "admin/emails.html", names=names, figures=figures, statuses=list(DeliveryStatus), error=None
+        "admin/emails.html",
+        names=names,
+        figures=figures,
+        clicks=clicks,
+        tracking=svc.settings.click_tracking,
+        statuses=list(DeliveryStatus),
+        error=None,
     )
 
 
@@ -267,8 +276,11 @@ def email(name: str) -> str:
     svc = services()
     with session_scope(svc.sessions) as session:
         figures = console.step_figures(session).get(name, dict.fromkeys(DeliveryStatus, 0))
+        clicks = console.link_clicks(session).get(name, [])
     return render_template(
         "admin/email.html",
+        clicks=clicks,
+        tracking=svc.settings.click_tracking,
         name=name,
         subject=subject,
         text=text,
