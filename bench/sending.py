@@ -71,6 +71,7 @@ def bench_batch(services: Services, count: int, port: int) -> None:
                 ip=None,
                 user_agent=None,
                 now=now,
+                total_steps=services.policy.total_steps,
             )
     with session_scope(services.sessions) as session:
         claim = claim_due(
