@@ -497,14 +497,14 @@ def can_send_now(
 def start_again(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
     """Take the course again from step 1, sent at once. Say whether it changed.
 
-    A finished course, or one that runs (which may have continued where an earlier
-    subscription left off): the subscriber asked for step 1 again.
+    A finished course, or one that continued where an earlier subscription of the
+    address left off (see `can_start_again`).
 
     The earlier run's step rows leave the ledger (which holds one row per step), and
     the new run's emails get new Message-IDs: mailbox providers drop a message whose
     Message-ID they have seen, taking it for a duplicate.
     """
-    if not can_start_again(subscriber) or not _move(subscriber, "restart"):
+    if not can_start_again(session, subscriber) or not _move(subscriber, "restart"):
         return False
     store.drop_ledger_rows(session, subscriber.id, EmailKind.STEP)
     session.expire(subscriber, ["deliveries"])
@@ -518,11 +518,16 @@ def start_again(session: Session, subscriber: Subscriber, *, now: datetime) -> b
     return True
 
 
-def can_start_again(subscriber: Subscriber) -> bool:
-    """Whether "start again from step 1" applies: a finished course, or one past step 1."""
+def can_start_again(session: Session, subscriber: Subscriber) -> bool:
+    """Whether "start again from step 1" applies: to a finished course, or to one that
+    continued where an earlier subscription of the address left off (no step 1 in it)."""
     if subscriber.status == S.COMPLETED:
         return True
-    return subscriber.status in (S.ACTIVE, S.PAUSED) and subscriber.next_step > 1
+    return (
+        subscriber.status in (S.ACTIVE, S.PAUSED)
+        and subscriber.next_step > 1
+        and store.ledger_row(session, subscriber.id, EmailKind.STEP, 1) is None
+    )
 
 
 def change_time_zone(
