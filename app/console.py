@@ -26,6 +26,7 @@ from app.models import (
     LinkClicks,
     Subscriber,
     SubscriberStatus,
+    template_name,
 )
 
 if TYPE_CHECKING:
@@ -377,7 +378,7 @@ def step_figures(session: Session) -> dict[str, dict[DeliveryStatus, int]]:
             Delivery.kind, Delivery.number, Delivery.status
         )
     ):
-        name = "confirmation" if kind == EmailKind.CONFIRMATION else f"step-{number:02d}"
+        name = template_name(EmailKind(kind), number)
         figures.setdefault(name, dict.fromkeys(DeliveryStatus, 0))[DeliveryStatus(status)] += count
     return figures
 

@@ -63,6 +63,9 @@ class Course:
     credit: str
     confirmation_template: str
     confirmation_subject: str
+    #: "You're already signed up": to an address that signs up while its course runs or ran.
+    notice_template: str
+    notice_subject: str
     steps: tuple[Step, ...]
     sources: tuple[Source, ...]
 
@@ -103,6 +106,9 @@ def load_course(folder: Path) -> Course:
     confirmation = data.get("confirmation")
     if not isinstance(confirmation, dict):
         raise CourseError(f"{where}: a [confirmation] table is required")
+    notice = data.get("notice")
+    if not isinstance(notice, dict):
+        raise CourseError(f"{where}: a [notice] table is required")
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise CourseError(f"{where}: at least one [[steps]] table is required")
@@ -132,6 +138,8 @@ def load_course(folder: Path) -> Course:
         credit=_text(data, "credit", where),
         confirmation_template=_text(confirmation, "template", f"{where}, [confirmation]"),
         confirmation_subject=_text(confirmation, "subject", f"{where}, [confirmation]"),
+        notice_template=_text(notice, "template", f"{where}, [notice]"),
+        notice_subject=_text(notice, "subject", f"{where}, [notice]"),
         steps=tuple(steps),
         sources=tuple(_sources(data.get("sources", []), where)),
     )
@@ -169,11 +177,19 @@ def _sources(raw_sources: object, where: str) -> list[Source]:
 
 
 def _check(course: Course, where: str) -> None:
-    templates = [course.confirmation_template, *(step.template for step in course.steps)]
+    templates = [
+        course.confirmation_template,
+        *(step.template for step in course.steps),
+        course.notice_template,
+    ]
     repeated = {name for name in templates if templates.count(name) > 1}
     if repeated:
         raise CourseError(f"{where}: each email needs its own template; repeated: {repeated}")
-    subjects = [course.confirmation_subject, *(step.subject for step in course.steps)]
+    subjects = [
+        course.confirmation_subject,
+        *(step.subject for step in course.steps),
+        course.notice_subject,
+    ]
     for subject in subjects:
         if subjects.count(subject) > 1:
             raise CourseError(f"{where}: the subject {subject!r} is used twice")

@@ -30,6 +30,7 @@ from app.models import (
     EmailKind,
     MailEvent,
     MailEventKind,
+    SignupRequest,
     Subscriber,
     SubscriberStatus,
     SuppressionReason,
@@ -44,7 +45,7 @@ TRANSITIONS: dict[str, dict[SubscriberStatus, SubscriberStatus]] = {
     "pause": {S.ACTIVE: S.PAUSED},
     "resume": {S.PAUSED: S.ACTIVE},
     "complete": {S.ACTIVE: S.COMPLETED, S.PAUSED: S.COMPLETED},
-    "restart": {S.COMPLETED: S.ACTIVE},
+    "restart": {S.COMPLETED: S.ACTIVE, S.ACTIVE: S.ACTIVE, S.PAUSED: S.ACTIVE},
     "unsubscribe": {
         S.PENDING: S.UNSUBSCRIBED,
         S.ACTIVE: S.UNSUBSCRIBED,
@@ -111,6 +112,8 @@ class SubscribeOutcome(StrEnum):
 
     CREATED = "created"
     CONFIRMATION_RESENT = "confirmation_resent"
+    #: The address's course runs or ran: it gets a notice with its manage link.
+    NOTICE = "notice"
     UNCHANGED = "unchanged"
 
 
@@ -138,6 +141,8 @@ class PlannedEmail:
     next_step_at: datetime | None = None
     #: The subscriber's time zone, for wording about that time.
     time_zone: str = "UTC"
+    #: The subscription finished the course (a notice offers to start again).
+    finished: bool = False
 
     @property
     def template(self) -> str:
@@ -234,9 +239,11 @@ def subscribe(
 ) -> SubscribeResult:
     """Sign an (already normalised) address up, or re-send its confirmation if it is pending.
 
-    An active, paused or completed subscription is left as it is; an ended one
-    (unsubscribed, bounced) starts afresh with a new consent record. A time zone
-    that is given must be a known one (InvalidTimeZone); none means DEFAULT_TIME_ZONE.
+    An active, paused or completed subscription is left as it is (its address gets a
+    notice, NOTICE); an ended one (unsubscribed, bounced) is followed by a new
+    pending one with a new consent record, which continues where the last one left
+    off once confirmed. A time zone that is given must be a known one
+    (InvalidTimeZone); none means DEFAULT_TIME_ZONE.
     """
     if time_zone is not None:
         check_time_zone(time_zone)
@@ -279,8 +286,13 @@ def subscribe(
 
 
 def _ask_again(subscriber: Subscriber, policy: Policy, now: datetime) -> SubscribeOutcome:
-    """A second sign-up of a live address: re-send a pending one's confirmation, rate-limited."""
-    if subscriber.status != S.PENDING or subscriber.next_send_at is not None:
+    """A second sign-up of a live address: re-send a pending one's confirmation, rate-limited.
+
+    An address whose course runs or ran is told so by a notice (NOTICE).
+    """
+    if subscriber.status != S.PENDING:
+        return SubscribeOutcome.NOTICE
+    if subscriber.next_send_at is not None:
         return SubscribeOutcome.UNCHANGED
     last = subscriber.confirmation_requested_at
     if subscriber.confirmations_requested >= MAX_CONFIRMATIONS or (
@@ -293,9 +305,84 @@ def _ask_again(subscriber: Subscriber, policy: Policy, now: datetime) -> Subscri
     return SubscribeOutcome.CONFIRMATION_RESENT
 
 
+def record_signup(
+    session: Session,
+    email: str,
+    *,
+    first_name: str = "",
+    time_zone: str | None = None,
+    source: str,
+    wording: str,
+    ip: str | None,
+    user_agent: str | None,
+    now: datetime,
+) -> int:
+    """Record a sign-up's intent for `take_signup` to decide later; return its id.
+
+    The same single INSERT whatever the address's state: what a sign-up does must
+    not show in how long it takes. A time zone that is given must be a known one.
+    """
+    if time_zone is not None:
+        check_time_zone(time_zone)
+    request = SignupRequest(
+        email=email,
+        first_name=clean_name(first_name),
+        time_zone=time_zone,
+        source=source,
+        wording=wording,
+        ip=ip,
+        user_agent=(user_agent or "")[:512] or None,
+        created_at=now,
+    )
+    session.add(request)
+    session.flush()
+    return request.id
+
+
+def take_signup(
+    session: Session, request_id: int, *, policy: Policy, now: datetime
+) -> SubscribeResult | None:
+    """Decide a recorded sign-up: subscribe its address (see `subscribe`); None if it was
+    decided already (by another job or a tick), or erased since."""
+    if not store.take_signup_request(session, request_id, now=now):
+        return None
+    request = session.get(SignupRequest, request_id)
+    if request is None:
+        return None
+    result = subscribe(
+        session,
+        request.email,
+        first_name=request.first_name,
+        time_zone=request.time_zone,
+        source=request.source,
+        wording=request.wording,
+        ip=request.ip,
+        user_agent=request.user_agent,
+        policy=policy,
+        now=request.created_at,
+    )
+    request.outcome = result.outcome
+    return result
+
+
+def waiting_signups(session: Session, *, now: datetime, limit: int) -> list[int]:
+    """Ids of sign-up requests made before `now` and not decided yet, oldest first."""
+    return store.waiting_signup_requests(session, before=now, limit=limit)
+
+
+def current(session: Session, subscriber: Subscriber) -> Subscriber:
+    """The address's current subscription: its live one, else its most recent."""
+    return store.subscriber_by_email(session, subscriber.email) or subscriber
+
+
 def find_by_key(session: Session, key: str) -> Subscriber | None:
-    """The subscription a signed link points at, if it still exists."""
-    return session.scalar(select(Subscriber).where(Subscriber.key == key))
+    """The current subscription of the address a signed link was made for, if any is kept.
+
+    An address has one identity: a link in any email ever sent to it acts on the
+    subscription running now, not on the one that sent the email.
+    """
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.key == key))
+    return None if subscriber is None else current(session, subscriber)
 
 
 def confirm(
@@ -305,20 +392,32 @@ def confirm(
     ip: str | None,
     user_agent: str | None,
     now: datetime,
+    total_steps: int,
 ) -> bool:
-    """Confirm a pending subscription: step 1 becomes due now. Say whether it changed.
+    """Confirm a pending subscription: its first step becomes due now. Say whether it changed.
 
-    Step 1 is not held for the send window: whoever just confirmed expects it at once.
+    The first step is step 1, or for an address that subscribed before, the step
+    after the last one its latest confirmed subscription reached (one that finished
+    the course of `total_steps` starts again at step 1). It is not held for the
+    send window: whoever just confirmed expects it at once.
     """
     if not _move(subscriber, "confirm"):
         return False
-    subscriber.next_step = 1
+    subscriber.next_step = _continue_from(session, subscriber, total_steps)
     _send_at_once(subscriber, now)
     subscriber.send_failures = 0
     subscriber.consent.confirmed_at = now
     subscriber.consent.confirmed_ip = ip
     subscriber.consent.confirmed_user_agent = (user_agent or "")[:512] or None
     return True
+
+
+def _continue_from(session: Session, subscriber: Subscriber, total_steps: int) -> int:
+    """The step a newly confirmed subscription starts at: where the address left off."""
+    earlier = store.last_confirmed_before(session, subscriber.email, subscriber.id)
+    if earlier is None or earlier.next_step > total_steps:
+        return 1
+    return earlier.next_step
 
 
 def pause(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
@@ -400,22 +499,39 @@ def can_send_now(
 
 
 def start_again(session: Session, subscriber: Subscriber, *, now: datetime) -> bool:
-    """Take a finished course again from step 1, sent at once. Say whether it changed.
+    """Take the course again from step 1, sent at once. Say whether it changed.
+
+    A finished course, or one that continued where an earlier subscription of the
+    address left off (see `can_start_again`).
 
     The earlier run's step rows leave the ledger (which holds one row per step), and
     the new run's emails get new Message-IDs: mailbox providers drop a message whose
     Message-ID they have seen, taking it for a duplicate.
     """
-    if not _move(subscriber, "restart"):
+    if not can_start_again(session, subscriber) or not _move(subscriber, "restart"):
         return False
     store.drop_ledger_rows(session, subscriber.id, EmailKind.STEP)
     session.expire(subscriber, ["deliveries"])
     subscriber.course_round += 1
     subscriber.next_step = 1
     subscriber.ended_at = None
+    subscriber.paused_at = None
+    subscriber.resume_at = None
     subscriber.send_failures = 0
     _send_at_once(subscriber, now)
     return True
+
+
+def can_start_again(session: Session, subscriber: Subscriber) -> bool:
+    """Whether "start again from step 1" applies: to a finished course, or to one that
+    continued where an earlier subscription of the address left off (no step 1 in it)."""
+    if subscriber.status == S.COMPLETED:
+        return True
+    return (
+        subscriber.status in (S.ACTIVE, S.PAUSED)
+        and subscriber.next_step > 1
+        and store.ledger_row(session, subscriber.id, EmailKind.STEP, 1) is None
+    )
 
 
 def change_time_zone(
@@ -461,13 +577,18 @@ def unsubscribe(
 
 
 def forget(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> None:
-    """Erase a subscription with its consent record and ledger (the subscriber's request).
+    """Erase every record of the subscription's address (the subscriber's request).
 
-    Only the mailbox's keyed hash stays, on the suppression list: erasing must not
-    make the address mailable again, nor reset its confirmation cap.
+    Every subscription it ever had goes, with its consent record and ledger, and
+    every sign-up request. Only the mailbox's keyed hash stays, on the suppression
+    list: erasing must not make the address mailable again, nor reset its
+    confirmation cap.
     """
-    store.suppress(session, keys.hash(subscriber.email), SuppressionReason.ERASED, now=now)
-    session.delete(subscriber)
+    email = subscriber.email
+    store.suppress(session, keys.hash(email), SuppressionReason.ERASED, now=now)
+    session.flush()
+    session.expunge_all()
+    store.erase_address(session, email)
 
 
 def complain(session: Session, subscriber: Subscriber, *, keys: MailboxKeys, now: datetime) -> bool:
@@ -682,6 +803,82 @@ def _cleared(
     subscriber.claimed_until = None
     subscriber.last_error = "confirmation cap reached for this mailbox today"
     return False
+
+
+#: Subscriptions whose address gets a notice, not a confirmation, when it signs up again.
+NOTICE_STATUSES = (S.ACTIVE, S.PAUSED, S.COMPLETED)
+
+
+def begin_notice(
+    session: Session,
+    subscriber_id: int,
+    number: int,
+    *,
+    policy: Policy,
+    keys: MailboxKeys,
+    domain: str,
+    now: datetime,
+) -> PlannedEmail | None:
+    """Record in the ledger that notice `number` (the sign-up request's id) is being sent.
+
+    None if the subscription is no longer one that gets notices, if the mailbox is
+    suppressed, if this notice was begun before, or past the mailbox's daily cap
+    (shared with confirmations, so the form cannot be used to flood a mailbox).
+    """
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None or subscriber.status not in NOTICE_STATUSES:
+        return None
+    mailbox = keys.hash(subscriber.email)
+    if _suppression_blocks(session, mailbox, subscriber.consent.confirmed_at):
+        return None
+    if store.ledger_row(session, subscriber.id, EmailKind.NOTICE, number) is not None:
+        return None
+    if not store.take_confirmation(session, mailbox, limit=policy.confirmations_per_day, now=now):
+        return None
+    delivery = Delivery(
+        subscriber_id=subscriber.id,
+        kind=EmailKind.NOTICE,
+        number=number,
+        message_id=message_id_for(subscriber.key, EmailKind.NOTICE, number, domain),
+        status=DeliveryStatus.SENDING,
+        started_at=now,
+    )
+    if not store.add_ledger_row(session, delivery):
+        return None
+    return PlannedEmail(
+        delivery_id=delivery.id,
+        subscriber_id=subscriber.id,
+        subscriber_key=subscriber.key,
+        email=subscriber.email,
+        first_name=subscriber.first_name,
+        kind=EmailKind.NOTICE,
+        number=number,
+        message_id=delivery.message_id,
+        time_zone=zone_of(subscriber, policy).key,
+        finished=subscriber.status == S.COMPLETED,
+    )
+
+
+def end_notice(
+    session: Session,
+    delivery_id: int,
+    *,
+    now: datetime,
+    error: str | None = None,
+    failure_class: FailureClass | None = None,
+) -> None:
+    """Record a notice as sent, or with `error` as failed: a notice is tried once only.
+
+    Its subscription's schedule is not touched: a notice is no step.
+    """
+    delivery = session.get_one(Delivery, delivery_id)
+    if error is None:
+        delivery.status = DeliveryStatus.SENT
+        delivery.sent_at = now
+        return
+    delivery.status = DeliveryStatus.FAILED
+    delivery.error = error
+    delivery.failure_class = failure_class
 
 
 def finish_delivery(session: Session, delivery_id: int, *, policy: Policy, now: datetime) -> None:

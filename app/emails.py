@@ -178,6 +178,7 @@ class EmailCatalog:
                 tuple(s.action for s in course.steps) if step.number == course.step_count else ()
             )
             self._add(step.template, step.subject, context, step=step.number, actions=actions)
+        self._add(course.notice_template, course.notice_subject, common)
 
     def _add(
         self,
@@ -207,7 +208,7 @@ class EmailCatalog:
 
     @property
     def names(self) -> list[str]:
-        """The names of every email, confirmation first, then the steps in order."""
+        """The names of every email: the confirmation, the steps in order, then the notice."""
         return list(self._emails)
 
     def get(self, name: str) -> CompiledEmail:
@@ -254,6 +255,8 @@ class Recipient:
     #: With CLICK_TRACKING on: (email name, link name, URL) -> the URL that counts a
     #: click on it (app/clicks.py). None: links go straight where they lead.
     track: Callable[[str, str, str], str] | None = None
+    #: The course is finished (a notice offers to start again rather than to manage it).
+    finished: bool = False
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,7 @@ def render(
         "recap": [],
         "next_step_when": recipient.next_step_when,
         "cadence": sender.cadence,
+        "finished": recipient.finished,
     }
     if email.step is not None:
         context["read_url"] = "" if in_browser else links.step_url(email.step)

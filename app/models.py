@@ -32,6 +32,8 @@ class EmailKind(StrEnum):
 
     CONFIRMATION = "confirmation"
     STEP = "step"
+    #: "You're already signed up": to an address that signs up while its course runs or ran.
+    NOTICE = "notice"
 
 
 class DeliveryStatus(StrEnum):
@@ -45,7 +47,9 @@ class DeliveryStatus(StrEnum):
 
 def template_name(kind: EmailKind, number: int) -> str:
     """The email template that sends `kind` number `number` (like `step-03`)."""
-    return "confirmation" if kind == EmailKind.CONFIRMATION else f"step-{number:02d}"
+    if kind == EmailKind.STEP:
+        return f"step-{number:02d}"
+    return str(kind)
 
 
 def new_key() -> str:
@@ -172,6 +176,31 @@ class Delivery(Base):
     def template(self) -> str:
         """The name of the email template this row sends."""
         return template_name(self.kind, self.number)
+
+
+class SignupRequest(Base):
+    """One sign-up as it was asked for, before anything is decided about it.
+
+    The request only records the intent, the same work whatever the address's state;
+    a job (or the scheduler's tick, if Redis was down) decides what to do and send.
+    """
+
+    __tablename__ = "signup_request"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The normalised address.
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    first_name: Mapped[str] = mapped_column(String(100), default="")
+    time_zone: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    wording: Mapped[str] = mapped_column(Text)
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When it was decided; NULL while it waits.
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: What was decided (drip.SubscribeOutcome), for operators.
+    outcome: Mapped[str | None] = mapped_column(String(24))
 
 
 class SuppressionReason(StrEnum):

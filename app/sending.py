@@ -113,7 +113,19 @@ def dispatch(services: Services, *, now: datetime, ids: list[int] | None = None)
 
 
 def _enqueue(services: Services, claim: store.Claim) -> None:
-    job_id = batch_job_id(claim)
+    enqueue_once(
+        services,
+        SEND_BATCH_JOB,
+        claim.ids,
+        job_id=batch_job_id(claim),
+        description=f"send {len(claim.ids)} due emails",
+    )
+
+
+def enqueue_once(
+    services: Services, function: str, argument: object, *, job_id: str, description: str
+) -> None:
+    """Queue `function(argument)` as job `job_id`, unless that job is queued and will run."""
     queue = services.queue
     existing = queue.fetch_job(job_id)
     if existing is not None:
@@ -121,13 +133,13 @@ def _enqueue(services: Services, claim: store.Claim) -> None:
             return
         existing.delete()
     queue.enqueue(
-        SEND_BATCH_JOB,
-        claim.ids,
+        function,
+        argument,
         job_id=job_id,
         job_timeout=JOB_TIMEOUT,
         result_ttl=JOB_RESULT_TTL,
         failure_ttl=JOB_FAILURE_TTL,
-        description=f"send {len(claim.ids)} due emails",
+        description=description,
     )
 
 
@@ -199,14 +211,7 @@ def _send_one(
         # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
         # or held back by the suppression list or the confirmation cap.
         return Outcome("skipped")
-    recipient = Recipient(
-        email=planned.email,
-        first_name=planned.first_name,
-        links=services.links(planned.subscriber_key),
-        message_id=planned.message_id,
-        next_step_when=next_step_when(planned, now),
-        track=services.click_tracker(planned.subscriber_key),
-    )
+    recipient = _recipient(services, planned, now)
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
         message = build_message(rendered, services.sender, recipient, now=now)
@@ -238,6 +243,82 @@ def _send_one(
         services.breaker.succeeded()
     _record_sent(services, planned.delivery_id, now)
     return Outcome("sent")
+
+
+def _recipient(services: Services, planned: drip.PlannedEmail, now: datetime) -> Recipient:
+    return Recipient(
+        email=planned.email,
+        first_name=planned.first_name,
+        links=services.links(planned.subscriber_key),
+        message_id=planned.message_id,
+        next_step_when=next_step_when(planned, now),
+        finished=planned.finished,
+        track=services.click_tracker(planned.subscriber_key),
+    )
+
+
+def send_notice(services: Services, subscriber_id: int, number: int) -> str:
+    """Send notice `number` to the subscription's address, once; return what happened.
+
+    A notice is a courtesy: it is not retried, and it never moves the course's
+    schedule. A recipient's permanent failure bounces the address, as any email's
+    does; a sender or relay failure informs the breaker and the send rate.
+    """
+    now = services.clock()
+    if services.breaker.gate(now) == Gate.WAIT:
+        return "waiting"
+    with session_scope(services.sessions) as session:
+        planned = drip.begin_notice(
+            session,
+            subscriber_id,
+            number,
+            policy=services.policy,
+            keys=services.mailbox_keys,
+            domain=services.sender.domain,
+            now=now,
+        )
+    if planned is None:
+        return "skipped"
+    recipient = _recipient(services, planned, now)
+    error: str | None = None
+    failure_class: FailureClass | None = None
+    try:
+        rendered = render(services.catalog.get(planned.template), services.sender, recipient)
+        message = build_message(rendered, services.sender, recipient, now=now)
+        if services.send_rate is not None:
+            services.send_rate.wait()
+        with services.mailer() as mailer:
+            mailer.send(
+                message,
+                to=envelope_address(planned.email),
+                envelope_from=services.return_path(planned.message_id),
+            )
+    except DeliveryFailure as failure:
+        error, failure_class = str(failure), failure.cls
+        if failure_class == FailureClass.RECIPIENT_PERMANENT:
+            with session_scope(services.sessions) as session:
+                drip.fail_delivery(
+                    session,
+                    planned.delivery_id,
+                    error=error,
+                    now=now,
+                    bounce=True,
+                    keys=services.mailbox_keys,
+                    failure_class=failure_class,
+                )
+            return "bounced"
+        if failure_class == FailureClass.THROTTLED and services.send_rate is not None:
+            services.send_rate.slow_down(error)
+        elif failure_class not in (FailureClass.RECIPIENT_TEMPORARY, FailureClass.OURS):
+            services.breaker.failed(now, f"{error} ({failure.rule.why})")
+    except Exception as unexpected:  # a notice that cannot be built or sent is dropped
+        error, failure_class = f"cannot send: {unexpected!r}", FailureClass.OURS
+        log.error("cannot send notice %s: %r", planned.delivery_id, unexpected)
+    with session_scope(services.sessions) as session:
+        drip.end_notice(
+            session, planned.delivery_id, now=now, error=error, failure_class=failure_class
+        )
+    return "sent" if error is None else "failed"
 
 
 def _failed(

@@ -22,12 +22,14 @@ from app.models import (
     ENDED_STATUSES,
     Click,
     ConfirmationCount,
+    Consent,
     Delivery,
     DeliveryStatus,
     EmailKind,
     LinkClicks,
     MailEvent,
     MailEventKind,
+    SignupRequest,
     Subscriber,
     SubscriberStatus,
     Suppression,
@@ -273,6 +275,79 @@ def subscriber_by_email(session: Session, email: str) -> Subscriber | None:
         .order_by(Subscriber.status.in_(ENDED_STATUSES), Subscriber.id.desc())
         .limit(1)
     )
+
+
+def subscriptions_of(session: Session, email: str) -> list[Subscriber]:
+    """Every subscription an address ever had, oldest first."""
+    return list(
+        session.scalars(select(Subscriber).where(Subscriber.email == email).order_by(Subscriber.id))
+    )
+
+
+def last_confirmed_before(session: Session, email: str, subscriber_id: int) -> Subscriber | None:
+    """The address's most recent subscription before `subscriber_id` that was confirmed."""
+    return session.scalar(
+        select(Subscriber)
+        .join(Consent)
+        .where(
+            Subscriber.email == email,
+            Subscriber.id < subscriber_id,
+            Consent.confirmed_at.is_not(None),
+        )
+        .order_by(Subscriber.id.desc())
+        .limit(1)
+    )
+
+
+def signup_requests_of(session: Session, email: str) -> list[SignupRequest]:
+    """Every sign-up request of an address, oldest first."""
+    return list(
+        session.scalars(
+            select(SignupRequest).where(SignupRequest.email == email).order_by(SignupRequest.id)
+        )
+    )
+
+
+def take_signup_request(session: Session, request_id: int, *, now: datetime) -> bool:
+    """Mark a waiting sign-up request as being decided now; False if it was already.
+
+    One conditional UPDATE: of a job and a tick taking the same request, one wins.
+    """
+    taken = session.execute(
+        update(SignupRequest)
+        .where(SignupRequest.id == request_id, SignupRequest.processed_at.is_(None))
+        .values(processed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+
+def waiting_signup_requests(session: Session, *, before: datetime, limit: int) -> list[int]:
+    """Ids of sign-up requests made before `before` and not decided yet, oldest first."""
+    return list(
+        session.scalars(
+            select(SignupRequest.id)
+            .where(SignupRequest.processed_at.is_(None), SignupRequest.created_at < before)
+            .order_by(SignupRequest.id)
+            .limit(limit)
+        )
+    )
+
+
+def erase_address(session: Session, email: str) -> int:
+    """Delete every subscription (with its consent and ledger) and sign-up request of an
+    address; return how many subscriptions went."""
+    gone = session.execute(
+        delete(Subscriber)
+        .where(Subscriber.email == email)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        delete(SignupRequest)
+        .where(SignupRequest.email == email)
+        .execution_options(synchronize_session=False)
+    )
+    return int(gone.rowcount)  # type: ignore[attr-defined]
 
 
 def add_mail_event(session: Session, event: MailEvent) -> bool:

@@ -23,6 +23,7 @@ from app.models import Subscriber
 from app.sending import send_batch
 from app.services import Services
 from app.store import claim_due
+from bench import signup
 
 
 def free_port() -> int:
@@ -71,6 +72,7 @@ def bench_batch(services: Services, count: int, port: int) -> None:
                 ip=None,
                 user_agent=None,
                 now=now,
+                total_steps=services.policy.total_steps,
             )
     with session_scope(services.sessions) as session:
         claim = claim_due(
@@ -124,6 +126,7 @@ def main() -> None:
             bench_render(services, args.rounds)
             bench_batch(services, args.emails, port)
             services.close()
+            signup.run(args.database_url, Path(folder))
         finally:
             relay.terminate()
             relay.wait()

@@ -374,7 +374,10 @@ def prepare_database(url: str, plan: Plan) -> dict[str, int]:
                         ip="192.0.2.1", user_agent="soak", policy=services.policy, now=now,
                     )  # fmt: skip
                     subscriber = session.get_one(Subscriber, result.subscriber_id)
-                    confirm(session, subscriber, ip=None, user_agent=None, now=now)
+                    confirm(
+                        session, subscriber, ip=None, user_agent=None, now=now,
+                        total_steps=services.policy.total_steps,
+                    )  # fmt: skip
         if plan.steps < TOTAL_STEPS:
             with session_scope(services.sessions) as session:
                 session.execute(update(Subscriber).values(next_step=TOTAL_STEPS - plan.steps + 1))

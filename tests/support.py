@@ -192,7 +192,14 @@ def active_subscriber(services: Services, email: str, now: datetime) -> int:
     with session_scope(services.sessions) as session:
         result = sign_up(session, services, email, now)
         subscriber = session.get_one(Subscriber, result.subscriber_id)
-        assert drip.confirm(session, subscriber, ip=None, user_agent=None, now=now)
+        assert drip.confirm(
+            session,
+            subscriber,
+            ip=None,
+            user_agent=None,
+            now=now,
+            total_steps=services.policy.total_steps,
+        )
         return subscriber.id
 
 

@@ -41,6 +41,11 @@ def link_counts(services: Services) -> dict[tuple[str, str], int]:
         return {(r.template, r.link): r.clicks for r in session.scalars(select(LinkClicks))}
 
 
+def _key_of(services: Services, subscriber_id: int) -> str:
+    with session_scope(services.sessions) as session:
+        return session.get_one(Subscriber, subscriber_id).key
+
+
 def path_of(url: str) -> str:
     return url.removeprefix("https://onward.test")
 
@@ -105,6 +110,9 @@ def test_per_person_keeps_who_clicked_until_they_are_erased(
     assert f"step-01, &ldquo;{READ_LINK}&rdquo;" in page.get_data(as_text=True)
     emails = operator.get("/admin/emails/step-01", base_url=HTTPS).get_data(as_text=True)
     assert f'<th scope="row">{READ_LINK}</th><td class="num">1</td>' in emails
+    manage = path_of(services.links(_key_of(services, subscriber_id)).manage_url)
+    exported = app.test_client().get(f"{manage}/data.json", base_url=HTTPS).get_json()
+    assert [(c["email"], c["link"]) for c in exported["links_followed"]] == [("step-01", READ_LINK)]
     with session_scope(services.sessions) as session:
         drip.forget(
             session,

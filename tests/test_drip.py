@@ -143,7 +143,14 @@ def test_confirming_makes_step_one_due_and_records_consent(
         assert subscriber.status == S.ACTIVE
         assert drip.due_email(subscriber, services.policy.total_steps) == (EmailKind.STEP, 1)
         assert subscriber.consent.confirmed_at == clock.now
-        assert not drip.confirm(session, subscriber, ip=None, user_agent=None, now=clock.now)
+        assert not drip.confirm(
+            session,
+            subscriber,
+            ip=None,
+            user_agent=None,
+            now=clock.now,
+            total_steps=services.policy.total_steps,
+        )
 
 
 def test_claims_are_exclusive_and_lapse_after_the_lease(

@@ -45,10 +45,12 @@ from worker.schedule import tick
 
 COURSE = load_course(DEFAULT_EMAILS_DIR)
 STEPS = [step.template for step in COURSE.steps]
-TEMPLATES = [COURSE.confirmation_template, *STEPS]
+NOTICE = COURSE.notice_template
+TEMPLATES = [COURSE.confirmation_template, *STEPS, NOTICE]
 SUBJECTS = {
     COURSE.confirmation_template: COURSE.confirmation_subject,
     **{step.template: step.subject for step in COURSE.steps},
+    NOTICE: COURSE.notice_subject,
 }
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 ADA = "ada@example.com"
@@ -126,7 +128,7 @@ def test_subjects_are_short_and_say_which_step(catalog: EmailCatalog, name: str)
     assert html.unescape(subject) == subject, "an HTML entity was left in the subject"
     assert "{" not in subject
     assert subject == SUBJECTS[name]
-    if name != "confirmation":
+    if name in STEPS:
         number = STEPS.index(name) + 1
         assert re.fullmatch(rf"Step {number} of {len(STEPS)}: \S.+", subject), subject
 
@@ -171,8 +173,8 @@ def test_the_text_part_is_clean_and_writes_the_links_out(catalog: EmailCatalog, 
     if name == "confirmation":
         assert LINKS.confirm_url in text
         assert "/pause/" not in text  # nothing to pause before the course starts
-    elif name == STEPS[-1]:
-        assert "/pause/" not in text  # nothing left to pause in the last step
+    elif name in (STEPS[-1], NOTICE):
+        assert "/pause/" not in text  # nothing left to pause; a notice pauses nothing
     else:
         assert LINKS.pause_url in text
     if name != "confirmation":
@@ -198,7 +200,9 @@ def test_the_html_part_has_lang_preheader_links_and_footer(
     assert POSTAL_ADDRESS in html.unescape(markup)
     assert f'href="{LINKS.unsubscribe_url}"' in markup
     assert f'href="{LINKS.manage_url}"' in markup
-    assert (f'href="{LINKS.pause_url}"' in markup) == (name not in {"confirmation", STEPS[-1]})
+    assert (f'href="{LINKS.pause_url}"' in markup) == (
+        name not in {"confirmation", STEPS[-1], NOTICE}
+    )
     assert "{{" not in markup and "{%" not in markup
 
 
@@ -491,6 +495,22 @@ def test_the_text_part_says_the_subject_once_and_each_url_once(
     assert "\n\n\n" not in text
 
 
+def test_the_notice_links_to_the_manage_page_and_offers_a_finished_course_again(
+    catalog: EmailCatalog,
+) -> None:
+    running = rendered_as(catalog, NOTICE)
+    finished = render(catalog.get(NOTICE), SENDER, replace(recipient(), finished=True))
+    for rendered in (running, finished):
+        assert f'href="{LINKS.manage_url}"' in rendered.html
+        assert LINKS.manage_url in rendered.text
+        assert "/confirm/" not in rendered.text
+        assert "ignore this message" in rendered.text
+    assert "already under way" in running.text
+    assert "Start again from step 1" not in running.text
+    assert f"you've already received all {len(STEPS)} steps" in finished.text
+    assert "Start again from step 1" in finished.text
+
+
 def test_each_step_links_to_its_page_in_the_browser(catalog: EmailCatalog) -> None:
     for number, name in enumerate(STEPS, start=1):
         rendered = rendered_as(catalog, name)
@@ -588,7 +608,7 @@ def test_the_step_count_follows_from_the_course_file(tmp_path: Path) -> None:
     check_emails(services)
     assert services.course.step_count == 3
     assert services.policy.total_steps == 3
-    assert services.catalog.names == ["confirmation", "step-01", "step-02", "step-03"]
+    assert services.catalog.names == ["confirmation", "step-01", "step-02", "step-03", "notice"]
     third = rendered_as(services.catalog, "step-03")
     assert "Pause the course" not in third.text
     # The sign-up page reads the same file: the title and the number of steps.

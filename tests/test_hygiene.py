@@ -179,7 +179,14 @@ def test_signing_up_and_confirming_again_lifts_a_suppression(
     clock.advance(timedelta(minutes=5))
     with session_scope(services.sessions) as session:
         subscriber = session.get_one(Subscriber, again)
-        assert drip.confirm(session, subscriber, ip=None, user_agent=None, now=clock.now)
+        assert drip.confirm(
+            session,
+            subscriber,
+            ip=None,
+            user_agent=None,
+            now=clock.now,
+            total_steps=services.policy.total_steps,
+        )
     deliver(services)
     assert len(smtp.to("ada@example.com")) == 2
     assert status_of(services, "ada@example.com") == S.ACTIVE

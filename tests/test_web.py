@@ -20,12 +20,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import DeclarativeBase
 from werkzeug.test import TestResponse
 
-from app import create_app, ratelimit
+from app import create_app, ratelimit, store
 from app.config import DEFAULT_EMAILS_DIR, Settings
 from app.course import load_course
 from app.db import session_scope
 from app.models import Consent, Delivery, EmailKind, Subscriber, SubscriberStatus
 from app.services import Services
+from app.signups import TICK_GRACE
 from app.tokens import Links, LinkSigner, Purpose
 from tests.support import (
     FakeClock,
@@ -309,7 +310,11 @@ def test_the_answer_is_the_same_whether_the_address_is_new_pending_active_or_gon
     [(api_status, api_mimetype, api_body)] = api_answers
     assert (api_status, api_mimetype) == (202, "application/json")
     assert json.loads(api_body)["status"] == "accepted"
-    # The states themselves are what they should be after the probes.
+    # The job decides each request: the states are what they should be after the probes,
+    # and an active address hears about the probe by email, not on the page.
+    run_worker(services)
+    for channel in ("form", "api"):
+        assert smtp.to(f"active-{channel}@example.com")[-1].subject == COURSE.notice_subject
     for channel in ("form", "api"):
         assert statuses(services, f"new-{channel}@example.com") == ["pending"]
         assert statuses(services, f"pending-{channel}@example.com") == ["pending"]
@@ -345,18 +350,29 @@ def test_a_pending_address_gets_a_second_confirmation_only_after_ten_minutes(
     assert statuses(services, ADA) == ["active"]
 
 
-def test_signing_up_an_active_address_sends_nothing(
+def test_signing_up_an_active_address_sends_a_notice_within_the_daily_cap(
     client: FlaskClient, services: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
-    confirmed(client, services, smtp, ADA)
+    step_one = confirmed(client, services, smtp, ADA)
     assert len(smtp.to(ADA)) == 2
     for _ in range(2):
         assert "Check your inbox" in text_of(form_sign_up(client, ADA))
         assert client.post("/api/subscribe", json={"email": ADA}).status_code == 202
         deliver(services)
-        assert len(smtp.to(ADA)) == 2
         clock.advance(timedelta(minutes=11))
+    # CONFIRMATIONS_PER_DAY (3) caps every email a sign-up causes: the confirmation
+    # took one, so two notices went and the other two sign-ups sent nothing.
+    notices = smtp.to(ADA)[2:]
+    assert [n.subject for n in notices] == [COURSE.notice_subject] * 2
+    assert notices[0].link("manage") == step_one.link("manage")
+    assert "already under way" in notices[0].text
+    assert "/confirm/" not in notices[0].text
     assert statuses(services, ADA) == ["active"]
+    with session_scope(services.sessions) as session:
+        subscriber = session.scalars(select(Subscriber)).one()
+        # A notice is no step: the course's schedule is as it was.
+        assert subscriber.next_step == 2
+        assert [str(d.kind) for d in subscriber.deliveries].count("notice") == 2
 
 
 def test_the_honeypot_answers_like_a_sign_up_and_stores_nothing(
@@ -448,6 +464,7 @@ def test_a_link_made_for_another_purpose_gets_a_400(
 ) -> None:
     signed = client.post("/api/subscribe", json={"email": ADA})
     assert signed.status_code == 202
+    run_worker(services)
     token = token_of(getattr(links_of(services, ADA), f"{token_of_purpose}_url"))
     for method in ("GET", "POST"):
         response = client.open(link_path(page, token, method), method=method, data=PAUSE_FORM)
@@ -728,6 +745,8 @@ def test_the_consent_record_keeps_source_ip_user_agent_wording_and_times(
     signed_at = clock.now
     assert form_sign_up(laptop, ADA, "Ada").status_code == 200
     assert phone.post("/api/subscribe", json={"email": BOB}).status_code == 202
+    clock.advance(timedelta(seconds=2))
+    run_worker(services)
 
     ada = consent_of(services, ADA)
     assert (ada.source, ada.ip, ada.user_agent) == ("form", "192.0.2.10", "Laptop-Browser/1.0")
@@ -749,6 +768,14 @@ def test_the_consent_record_keeps_source_ip_user_agent_wording_and_times(
     assert ada.requested_at == signed_at
     assert (ada.source, ada.ip) == ("form", "192.0.2.10")
     assert consent_of(services, BOB).confirmed_at is None
+    with session_scope(services.sessions) as session:
+        [request] = store.signup_requests_of(session, ADA)
+        assert (request.ip, request.user_agent, request.created_at) == (
+            "192.0.2.10",
+            "Laptop-Browser/1.0",
+            signed_at,
+        )
+        assert request.processed_at == signed_at + timedelta(seconds=2)
 
 
 # --- outages and abuse ---------------------------------------------------------------------
@@ -800,17 +827,22 @@ def test_redis_down_still_takes_the_sign_up_and_the_next_tick_sends_it(
     assert "Check your inbox" in text_of(response)
     assert visitor.post("/api/subscribe", json={"email": BOB}).status_code == 202
 
-    # Stored, not claimed by the failed attempt to queue, and nothing sent yet.
-    for email in (ADA, BOB):
-        [subscriber] = subscribers(services, email)
-        assert subscriber.status == S.PENDING
-        assert subscriber.next_send_at == clock.now
-        assert subscriber.claimed_until is None
+    # The intent is stored, not yet decided, and nothing is sent.
+    with session_scope(services.sessions) as session:
+        for email in (ADA, BOB):
+            [request] = store.signup_requests_of(session, email)
+            assert request.processed_at is None
+    assert subscribers(services) == []
     assert smtp.messages == []
 
-    # Redis is back: the ordinary tick finds the work in the database.
-    clock.advance(timedelta(seconds=5))
-    assert tick(services) == 2
+    # Redis is back: the ordinary tick finds the waiting requests in the database
+    # (once the job the web would have queued had its chance) and queues them.
+    clock.advance(TICK_GRACE - timedelta(seconds=1))
+    tick(services)
+    assert services.queue.count == 0
+    clock.advance(timedelta(seconds=2))
+    tick(services)
+    assert services.queue.count == 2
     run_worker(services)
     [confirmation] = smtp.to(ADA)
     assert confirmation.subject == "Confirm your free 10-step course"
@@ -833,6 +865,7 @@ def test_too_many_sign_ups_from_one_ip_get_429(
     assert refused.status_code == 429
     assert refused.get_json()["error"]["code"] == "too_many_attempts"
     assert_human_error(form_sign_up(flood, ADA), 429, "Too many attempts", "try again")
+    run_worker(services)
     assert subscribers(services, ADA) == []
     assert count(services, Subscriber) == limit
 
@@ -843,6 +876,7 @@ def test_too_many_sign_ups_from_one_ip_get_429(
     )
     wall.now += 3600
     assert flood.post("/api/subscribe", json={"email": ADA}).status_code == 202
+    run_worker(services)
     assert statuses(services, ADA) == ["pending"]
 
 
@@ -869,6 +903,7 @@ def test_behind_a_trusted_proxy_the_visitors_address_is_recorded(services: Servi
     for app_, email in ((proxied, "behind@example.com"), (direct, "spoofed@example.com")):
         answer = app_.test_client().post("/api/subscribe", json={"email": email}, headers=headers)
         assert answer.status_code == 202
+    run_worker(services)
     with session_scope(services.sessions) as session:
         ips = dict(
             session.execute(select(Subscriber.email, Consent.ip).join(Consent.subscriber)).all()

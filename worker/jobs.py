@@ -6,6 +6,7 @@ import logging
 
 from app.sending import send_batch as send_batch_for
 from app.services import Services
+from app.signups import process_signup as process_signup_for
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +32,10 @@ def send_batch(subscriber_ids: list[int]) -> dict[str, int]:
     report = send_batch_for(services(), subscriber_ids).as_dict()
     log.info("batch of %d: %s", len(subscriber_ids), report)
     return report
+
+
+def process_signup(request_id: int) -> str:
+    """Decide one recorded sign-up and send what it needs; return what it did."""
+    outcome = process_signup_for(services(), request_id)
+    log.info("sign-up request %d: %s", request_id, outcome)
+    return outcome

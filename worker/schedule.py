@@ -23,6 +23,7 @@ from app.config import ConfigError
 from app.db import session_scope
 from app.sending import dispatch
 from app.services import Services
+from app.signups import queue_waiting_signups
 from app.ticks import record_tick
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,16 @@ HOUSEKEEPING_INTERVAL = timedelta(hours=1)
 
 
 def tick(services: Services) -> int:
-    """Resume timed pauses that ran out, then queue every email due now; return how many."""
+    """Resume timed pauses that ran out, queue the sign-ups left waiting, then every email
+    due now; return how many emails were queued."""
     started = time.monotonic()
     with session_scope(services.sessions) as session:
         resumed = drip.resume_due(session, policy=services.policy, now=services.clock())
     if resumed:
         log.info("resumed %d courses whose pause ran out", resumed)
+    signups = queue_waiting_signups(services, now=services.clock())
+    if signups:
+        log.info("queued %d sign-ups left waiting", signups)
     queued = dispatch(services, now=services.clock())
     record_tick(services, time.monotonic() - started)
     return queued

@@ -15,13 +15,13 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response as BaseResponse
 
-from app import drip
+from app import drip, store
 from app.db import session_scope
 from app.models import Subscriber, SubscriberStatus
 from app.tokens import Purpose
 from app.web import services
 from app.web.pacing import PACING_ACTIONS, SEND_AT_ONCE, in_words, pace, pacing_context
-from app.web.pages import client_ip, send_soon
+from app.web.pages import check_inbox_page, client_ip, remember, send_soon, sign_up
 
 bp = Blueprint("links", __name__)
 S = SubscriberStatus
@@ -72,7 +72,12 @@ def confirm(token: str) -> str:
         svc = services()
         now = svc.clock()
         drip.confirm(
-            session, subscriber, ip=client_ip(), user_agent=request.user_agent.string, now=now
+            session,
+            subscriber,
+            ip=client_ip(),
+            user_agent=request.user_agent.string,
+            now=now,
+            total_steps=svc.policy.total_steps,
         )
         subscriber_id = subscriber.id
         manage_url = svc.links(subscriber.key).manage_url
@@ -125,6 +130,19 @@ DONE = {
     "time-zone": "Done: your time zone is changed.",
     "unchanged": "Nothing needed changing: your subscription was already like that.",
 }
+
+
+@bp.post("/resubscribe/<token>")
+def resubscribe(token: str) -> tuple[str, int] | str:
+    """Sign the address up again: a new confirmation, then the course continues where it
+    left off (the button on the unsubscribed page)."""
+    with subscriber_from(Purpose.UNSUBSCRIBE, token) as (_session, subscriber):
+        email, first_name, time_zone = subscriber.email, subscriber.first_name, subscriber.time_zone
+    error = sign_up(email, first_name, source="resubscribe", time_zone=time_zone)
+    if error:
+        return render_template("message.html", title="We couldn't sign you up", message=error), 400
+    remember(email, first_name, time_zone)
+    return check_inbox_page(email)
 
 
 @bp.get("/manage/<token>")
@@ -193,9 +211,9 @@ def manage_action(token: str, action: str) -> BaseResponse | tuple[str, int] | s
 
 @bp.get("/manage/<token>/data.json")
 def export(token: str) -> Response:
-    """Everything kept about the subscription, as a JSON download."""
-    with subscriber_from(Purpose.MANAGE, token) as (_session, subscriber):
-        data = subscriber_data(subscriber)
+    """Everything kept about the address, as a JSON download."""
+    with subscriber_from(Purpose.MANAGE, token) as (session, subscriber):
+        data = address_data(session, subscriber)
     return Response(
         json.dumps(data, indent=2),
         mimetype="application/json",
@@ -203,37 +221,80 @@ def export(token: str) -> Response:
     )
 
 
+def _when(value: object) -> str | None:
+    return value.isoformat() if hasattr(value, "isoformat") else None
+
+
+def address_data(session: Session, subscriber: Subscriber) -> dict[str, object]:
+    """Every record of the subscription's address, as plain data: the subscription, each
+    earlier one, each with its consent record and ledger, and each sign-up request."""
+    email = subscriber.email
+    earlier = [s for s in store.subscriptions_of(session, email) if s.id != subscriber.id]
+    return {
+        **subscriber_data(subscriber),
+        "earlier_subscriptions": [subscriber_data(s) for s in earlier],
+        "signup_requests": [
+            {
+                "first_name": r.first_name,
+                "time_zone": r.time_zone,
+                "source": r.source,
+                "wording": r.wording,
+                "ip": r.ip,
+                "user_agent": r.user_agent,
+                "created_at": _when(r.created_at),
+                "processed_at": _when(r.processed_at),
+                "outcome": r.outcome,
+            }
+            for r in store.signup_requests_of(session, email)
+        ],
+    }
+
+
 def subscriber_data(subscriber: Subscriber) -> dict[str, object]:
-    """The subscription, its consent record and its ledger, as plain data."""
-
-    def when(value: object) -> str | None:
-        return value.isoformat() if hasattr(value, "isoformat") else None
-
+    """One subscription, its consent record and its ledger, as plain data."""
     consent = subscriber.consent
     return {
         "email": subscriber.email,
         "first_name": subscriber.first_name,
         "status": str(subscriber.status),
         "steps_received": drip.progress(subscriber, services().course.step_count),
-        "signed_up_at": when(subscriber.created_at),
-        "next_email_at": when(subscriber.next_send_at),
+        "next_step": subscriber.next_step,
+        "course_round": subscriber.course_round,
+        "signed_up_at": _when(subscriber.created_at),
+        "confirmations_requested": subscriber.confirmations_requested,
+        "confirmation_requested_at": _when(subscriber.confirmation_requested_at),
+        "next_email_at": _when(subscriber.next_send_at),
+        "paused_at": _when(subscriber.paused_at),
+        "paused_until": _when(subscriber.resume_at),
+        "ended_at": _when(subscriber.ended_at),
         "time_zone": subscriber.time_zone,
-        "paused_until": when(subscriber.resume_at),
+        "last_error": subscriber.last_error,
         "consent": {
             "source": consent.source,
             "wording": consent.wording,
             "ip": consent.ip,
             "user_agent": consent.user_agent,
-            "requested_at": when(consent.requested_at),
-            "confirmed_at": when(consent.confirmed_at),
+            "requested_at": _when(consent.requested_at),
+            "confirmed_at": _when(consent.confirmed_at),
             "confirmed_ip": consent.confirmed_ip,
+            "confirmed_user_agent": consent.confirmed_user_agent,
         },
         "emails": [
             {
                 "email": delivery.template,
+                "message_id": delivery.message_id,
                 "status": str(delivery.status),
-                "sent_at": when(delivery.sent_at),
+                "attempts": delivery.attempts,
+                "started_at": _when(delivery.started_at),
+                "sent_at": _when(delivery.sent_at),
+                "delivered_at": _when(delivery.delivered_at),
+                "error": delivery.error,
             }
             for delivery in subscriber.deliveries
+        ],
+        # Kept only with CLICK_TRACKING=per-person.
+        "links_followed": [
+            {"email": click.template, "link": click.link, "at": _when(click.at)}
+            for click in subscriber.clicks
         ],
     }

@@ -84,7 +84,7 @@ def pacing_context(
         "can_send_now": drip.can_send_now(
             session, subscriber, total_steps=services().policy.total_steps, now=now
         ),
-        "can_start_again": subscriber.status == S.COMPLETED,
+        "can_start_again": drip.can_start_again(session, subscriber),
         "first_day": date.fromordinal(today.toordinal() + 1).isoformat(),
         "last_day": (now + drip.LONGEST_PAUSE).astimezone(zone).date().isoformat(),
     }

@@ -14,6 +14,7 @@ from app import addresses, drip, ratelimit, timing
 from app.config import ConfigError
 from app.db import session_scope
 from app.sending import dispatch
+from app.signups import enqueue_signup
 from app.web import TooManyAttempts, services
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ def sign_up(
 ) -> str | None:
     """Sign an address up; return an error message for the visitor, or None if accepted.
 
-    The answer is the same whether the address is new, pending or already subscribed.
-    `time_zone` must be a known zone (the callers check it); None: DEFAULT_TIME_ZONE.
+    The answer, and the work done before it, are the same whether the address is
+    new, pending, subscribed or gone: the request is recorded and a job decides
+    it (app/signups.py). `time_zone` must be a known zone (the callers check it);
+    None: DEFAULT_TIME_ZONE.
     """
     svc = services()
     settings = svc.settings
@@ -68,7 +71,7 @@ def sign_up(
     except drip.InvalidEmail as error:
         return str(error)
     with session_scope(svc.sessions) as session:
-        result = drip.subscribe(
+        request_id = drip.record_signup(
             session,
             email,
             first_name=first_name,
@@ -77,12 +80,14 @@ def sign_up(
             wording=svc.course.consent_wording,
             ip=client_ip(),
             user_agent=request.user_agent.string,
-            policy=svc.policy,
             now=svc.clock(),
         )
-    log.info("sign-up from %s: %s", source, result.outcome)
-    if result.outcome != drip.SubscribeOutcome.UNCHANGED:
-        send_soon(result.subscriber_id)
+    try:
+        enqueue_signup(svc, request_id)
+    except (RedisError, ConfigError) as error:
+        # The request is recorded: the scheduler's next tick queues it.
+        log.warning("could not queue sign-up request %s now: %s", request_id, error)
+    log.info("sign-up request %s from %s", request_id, source)
     return None
 
 

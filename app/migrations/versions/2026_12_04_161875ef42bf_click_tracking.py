@@ -1,7 +1,7 @@
 """Optional click tracking: counts per email and link, and (per-person only) who clicked.
 
 Revision ID: 161875ef42bf
-Revises: bd56bcdd1e89
+Revises: 7c4e2a91d5f3
 Create Date: 2026-12-04 17:05:22.403452
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "161875ef42bf"
-down_revision: str | Sequence[str] | None = "bd56bcdd1e89"
+down_revision: str | Sequence[str] | None = "7c4e2a91d5f3"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
