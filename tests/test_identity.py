@@ -153,7 +153,7 @@ def test_export_and_erasure_cover_every_subscription_and_sign_up_of_the_address(
 
     # Another address stays as it is.
     confirmed(app.test_client(), services, smtp, "bob@example.org")
-    assert first.post(f"{manage}/delete").status_code == 200
+    assert first.post(f"{manage}/delete", data={"confirm": "yes"}).status_code == 200
     with session_scope(services.sessions) as session:
         assert store.subscriptions_of(session, ADA) == []
         assert store.signup_requests_of(session, ADA) == []
