@@ -12,13 +12,14 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models import (
     ENDED_STATUSES,
     ConfirmationCount,
+    Consent,
     Delivery,
     DeliveryStatus,
     EmailKind,
@@ -373,3 +374,42 @@ def take_confirmation(session: Session, mailbox_hash: str, *, limit: int, now: d
         except IntegrityError:
             continue  # another worker made today's row first: count against it
     return False
+
+
+def suppressed_among(session: Session, mailbox_hashes: list[str]) -> set[str]:
+    """Which of these mailbox hashes are on the suppression list (one query)."""
+    if not mailbox_hashes:
+        return set()
+    return set(
+        session.scalars(
+            select(Suppression.mailbox_hash).where(Suppression.mailbox_hash.in_(mailbox_hashes))
+        )
+    )
+
+
+def subscriptions_among(session: Session, emails: list[str]) -> dict[str, set[str]]:
+    """The statuses of every subscription (live or ended) of these addresses (one query)."""
+    found: dict[str, set[str]] = {}
+    if not emails:
+        return found
+    rows = session.execute(
+        select(Subscriber.email, Subscriber.status).where(Subscriber.email.in_(emails))
+    )
+    for email, status in rows:
+        found.setdefault(email, set()).add(str(status))
+    return found
+
+
+def insert_subscriptions(
+    session: Session, subscribers: list[dict[str, object]], consents: list[dict[str, object]]
+) -> None:
+    """Insert subscriptions and their consent records (the same order) in two bulk statements."""
+    if not subscribers:
+        return
+    ids = session.scalars(
+        insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True),
+        subscribers,
+    ).all()
+    for subscriber_id, consent in zip(ids, consents, strict=True):
+        consent["subscriber_id"] = subscriber_id
+    session.execute(insert(Consent), consents)
