@@ -439,7 +439,7 @@ def export_rows(
         query = query.where(Subscriber.status == status)
     if step is not None:
         query = query.where(Subscriber.next_step == step)
-    for subscriber, consent in session.execute(query).tuples():
+    for subscriber, consent in session.execute(query):
         fields: dict[str, object] = {
             "email": subscriber.email,
             "first_name": subscriber.first_name,
