@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from app.import_jobs import run as run_import
 from app.sending import send_batch as send_batch_for
 from app.services import Services
 
@@ -31,3 +32,8 @@ def send_batch(subscriber_ids: list[int]) -> dict[str, int]:
     report = send_batch_for(services(), subscriber_ids).as_dict()
     log.info("batch of %d: %s", len(subscriber_ids), report)
     return report
+
+
+def import_subscribers(import_id: str) -> dict[str, object]:
+    """Run an import uploaded in the console, recording its progress for the console's page."""
+    return run_import(services(), import_id)
