@@ -67,7 +67,8 @@ def run(services: Services, import_id: str) -> dict[str, object]:
     """Run a queued import, recording its progress and then its report."""
     key = _key(services, import_id)
     redis = services.redis
-    state = redis.hgetall(key)
+    raw: dict[bytes, bytes] = redis.hgetall(key)  # type: ignore[assignment]
+    state = {name.decode(): value.decode() for name, value in raw.items()}
     data = redis.get(f"{key}:file")
     if not state or data is None:
         log.warning("import %s: its upload expired before it ran", import_id)
@@ -77,9 +78,9 @@ def run(services: Services, import_id: str) -> dict[str, object]:
         report = importing.import_csv(
             services,
             io.TextIOWrapper(io.BytesIO(bytes(data)), encoding="utf-8-sig", newline=""),  # type: ignore[arg-type]
-            consent=state[b"consent"].decode() or None,
-            dry_run=state[b"dry_run"] == b"1",
-            on_rows=lambda count: redis.hincrby(key, "rows", count),
+            consent=state.get("consent") or None,
+            dry_run=state.get("dry_run") == "1",
+            on_rows=lambda count: _advance(services, key, count),
         )
     except (importing.ImportFileError, UnicodeDecodeError, csv.Error) as error:
         message = (
@@ -93,9 +94,13 @@ def run(services: Services, import_id: str) -> dict[str, object]:
     return {"state": "done", "imported": report.total_imported}
 
 
+def _advance(services: Services, key: str, rows: int) -> None:
+    services.redis.hincrby(key, "rows", rows)
+
+
 def status(services: Services, import_id: str) -> dict[str, object] | None:
     """An import's state, rows done, total, and (once done) its report; None if unknown."""
-    raw = services.redis.hgetall(_key(services, import_id))
+    raw: dict[bytes, bytes] = services.redis.hgetall(_key(services, import_id))  # type: ignore[assignment]
     if not raw:
         return None
     found = {name.decode(): value.decode() for name, value in raw.items()}

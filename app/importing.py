@@ -274,7 +274,7 @@ class _Reader:
                 status, step, key=key, time_zone=time_zone, policy=policy, now=self.now
             ),
         }
-        consent = {
+        consent: dict[str, object] = {
             "source": (value.get("source") or IMPORT_SOURCE)[:16],
             "wording": wording or PENDING_WORDING,
             "ip": ip,

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Table, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -403,13 +403,21 @@ def subscriptions_among(session: Session, emails: list[str]) -> dict[str, set[st
 def insert_subscriptions(
     session: Session, subscribers: list[dict[str, object]], consents: list[dict[str, object]]
 ) -> None:
-    """Insert subscriptions and their consent records (the same order) in two bulk statements."""
+    """Insert subscriptions and their consent records (the same order) in bulk statements.
+
+    Core executemany over the tables, not ORM bulk inserts (those split the rows into
+    groups by which values are NULL); the new ids are then read back by key in one
+    query, since RETURNING with many rows goes row by row on SQLite.
+    """
     if not subscribers:
         return
-    ids = session.scalars(
-        insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True),
-        subscribers,
-    ).all()
-    for subscriber_id, consent in zip(ids, consents, strict=True):
-        consent["subscriber_id"] = subscriber_id
-    session.execute(insert(Consent), consents)
+    table, consent_table = Subscriber.__table__, Consent.__table__
+    assert isinstance(table, Table) and isinstance(consent_table, Table)
+    connection = session.connection()
+    connection.execute(insert(table), subscribers)
+    keys = [row["key"] for row in subscribers]
+    found = connection.execute(select(table.c.key, table.c.id).where(table.c.key.in_(keys)))
+    ids = {key: subscriber_id for key, subscriber_id in found}
+    for key, consent in zip(keys, consents, strict=True):
+        consent["subscriber_id"] = ids[key]
+    connection.execute(insert(consent_table), consents)

@@ -71,7 +71,7 @@ def test_round_trip_export_then_import_into_a_fresh_database(
         session.execute(
             Subscriber.__table__.update()
             .where(Subscriber.id % 3 == 0)
-            .values(first_name="Zoë, \"the\" one", time_zone="Europe/Paris")
+            .values(first_name='Zoë, "the" one', time_zone="Europe/Paris")
         )
     before = subscriptions(services)
     exported = tmp_path / "out.csv"
