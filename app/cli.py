@@ -1,7 +1,9 @@
-"""Flask CLI commands: `flask --app app init-db`, `stats`, `dkim-dns`, `admin create`."""
+"""Flask CLI commands: `flask --app app init-db`, `stats`, `dkim-dns`, `admin create`,
+`subscribers import` and `subscribers export`."""
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -9,11 +11,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 from redis.exceptions import RedisError
+from rich.progress import Progress
 
-from app import drip, operators, store
+from app import drip, importing, operators, store
 from app.bounces import BounceSourceError, ImapMailbox, apply_letters, from_maildir, from_mbox
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
+from app.models import SubscriberStatus
 from app.services import Services
 
 
@@ -148,6 +152,64 @@ def admin_create_command(email: str, password_stdin: bool) -> None:
     click.echo(f"operator {operator.email} created; sign in at {services.settings.base_url}/admin/")
 
 
+subscribers = click.Group("subscribers", help="Import subscribers from CSV, export them to CSV.")
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check the file and report; change nothing.")
+@click.option(
+    "--consent",
+    metavar="TEXT",
+    help="Where and how these people agreed to the course: recorded in each consent record; "
+    "then the file's status and step apply (active by default) and no confirmation is sent.",
+)
+@with_appcontext
+def import_subscribers_command(file: Path, dry_run: bool, consent: str | None) -> None:
+    """Import the subscribers in a CSV FILE whose header row names its columns."""
+    services: Services = current_app.extensions["onward"]
+    with file.open("rb") as counting:
+        lines = max(sum(1 for _ in counting) - 1, 0)
+    with file.open(newline="", encoding="utf-8-sig") as stream, Progress(transient=True) as bar:
+        task = bar.add_task("Checking" if dry_run else "Importing", total=lines)
+        try:
+            report = importing.import_csv(
+                services,
+                stream,
+                consent=consent,
+                dry_run=dry_run,
+                on_problem=lambda problem: bar.console.print(str(problem), highlight=False),
+                on_rows=lambda count: bar.advance(task, count),
+            )
+        except (importing.ImportFileError, UnicodeDecodeError, csv.Error) as error:
+            raise click.ClickException(f"{file}: {error}") from None
+    for line in report.summary():
+        click.echo(line)
+
+
+@subscribers.command("export")
+@click.option(
+    "--status", type=click.Choice([str(s) for s in SubscriberStatus]), help="only this status"
+)
+@click.option("--step", type=click.IntRange(min=1), help="only subscriptions at this next step")
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="a file (default: stdout)"
+)
+@with_appcontext
+def export_subscribers_command(status: str | None, step: int | None, output: Path | None) -> None:
+    """Write every subscription and its consent record as CSV (the columns import reads)."""
+    services: Services = current_app.extensions["onward"]
+    lines = importing.export_csv(
+        services, status=SubscriberStatus(status) if status else None, step=step
+    )
+    if output is None:
+        for line in lines:
+            click.echo(line, nl=False)
+        return
+    with output.open("w", newline="", encoding="utf-8") as target:
+        target.writelines(lines)
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(init_db_command)
@@ -155,3 +217,4 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(stats_command)
     app.cli.add_command(dkim_dns_command)
     app.cli.add_command(bounces)
+    app.cli.add_command(subscribers)

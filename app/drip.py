@@ -1164,3 +1164,47 @@ def send_now(session: Session, subscriber: Subscriber, *, total_steps: int, now:
         return False
     subscriber.next_send_at = now
     return True
+
+
+def imported_state(
+    status: SubscriberStatus,
+    step: int,
+    *,
+    key: str,
+    time_zone: str | None,
+    policy: Policy,
+    now: datetime,
+) -> dict[str, object]:
+    """The scheduling fields of a subscription imported in `status` at `step`.
+
+    A pending one's confirmation is due now (the tick sends it); an active one's step
+    is due now, held for its send window; a paused one waits for "resume"; a completed
+    one is past the last step; an ended one is history and nothing is due.
+    """
+    if status == S.COMPLETED:
+        step = policy.total_steps + 1
+    state: dict[str, object] = {
+        "status": str(status),
+        "next_step": 1 if status == S.PENDING else step,
+        "next_send_at": None,
+        "due_after": None,
+        "paused_at": None,
+        "ended_at": None,
+        "confirmations_requested": 1 if status == S.PENDING else 0,
+        "confirmation_requested_at": now if status == S.PENDING else None,
+    }
+    if status == S.PENDING:
+        state["next_send_at"] = now
+    elif status == S.ACTIVE:
+        state["due_after"] = now
+        state["next_send_at"] = timing.next_open(
+            now,
+            zone=timing.zone(time_zone, policy.default_time_zone),
+            window=policy.send_window,
+            key=key,
+        )
+    elif status == S.PAUSED:
+        state["paused_at"] = now
+    elif status in ENDED_STATUSES:
+        state["ended_at"] = now
+    return state

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Table, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -475,3 +475,50 @@ def add_click(
 ) -> None:
     """Note that this subscription followed this link (CLICK_TRACKING=per-person only)."""
     session.add(Click(subscriber_id=subscriber_id, template=template, link=link, at=now))
+
+
+def suppressed_among(session: Session, mailbox_hashes: list[str]) -> set[str]:
+    """Which of these mailbox hashes are on the suppression list (one query)."""
+    if not mailbox_hashes:
+        return set()
+    return set(
+        session.scalars(
+            select(Suppression.mailbox_hash).where(Suppression.mailbox_hash.in_(mailbox_hashes))
+        )
+    )
+
+
+def subscriptions_among(session: Session, emails: list[str]) -> dict[str, set[str]]:
+    """The statuses of every subscription (live or ended) of these addresses (one query)."""
+    found: dict[str, set[str]] = {}
+    if not emails:
+        return found
+    rows = session.execute(
+        select(Subscriber.email, Subscriber.status).where(Subscriber.email.in_(emails))
+    )
+    for email, status in rows:
+        found.setdefault(email, set()).add(str(status))
+    return found
+
+
+def insert_subscriptions(
+    session: Session, subscribers: list[dict[str, object]], consents: list[dict[str, object]]
+) -> None:
+    """Insert subscriptions and their consent records (the same order) in bulk statements.
+
+    Core executemany over the tables, not ORM bulk inserts (those split the rows into
+    groups by which values are NULL); the new ids are then read back by key in one
+    query, since RETURNING with many rows goes row by row on SQLite.
+    """
+    if not subscribers:
+        return
+    table, consent_table = Subscriber.__table__, Consent.__table__
+    assert isinstance(table, Table) and isinstance(consent_table, Table)
+    connection = session.connection()
+    connection.execute(insert(table), subscribers)
+    keys = [row["key"] for row in subscribers]
+    found = connection.execute(select(table.c.key, table.c.id).where(table.c.key.in_(keys)))
+    ids = {key: subscriber_id for key, subscriber_id in found}
+    for key, consent in zip(keys, consents, strict=True):
+        consent["subscriber_id"] = ids[key]
+    connection.execute(insert(consent_table), consents)

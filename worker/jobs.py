@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from app.import_jobs import run as run_import
 from app.sending import send_batch as send_batch_for
 from app.services import Services
 from app.signups import process_signup as process_signup_for
@@ -39,3 +40,8 @@ def process_signup(request_id: int) -> str:
     outcome = process_signup_for(services(), request_id)
     log.info("sign-up request %d: %s", request_id, outcome)
     return outcome
+
+
+def import_subscribers(import_id: str) -> dict[str, object]:
+    """Run an import uploaded in the console, recording its progress for the console's page."""
+    return run_import(services(), import_id)

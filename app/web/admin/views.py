@@ -1,4 +1,5 @@
-"""The console's pages: overview, funnel, subscribers and their timelines, problems, emails.
+"""The console's pages: overview, funnel, subscribers and their timelines, problems, emails,
+imports and the export.
 
 Every view runs behind `auth.require_session`; every change is a POST with a CSRF token
 (CSRFProtect covers this blueprint) and leaves an audit entry naming the operator.
@@ -9,12 +10,20 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from flask import abort, flash, redirect, render_template, request, url_for
+from flask import (
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from jinja2 import TemplateError
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response as BaseResponse
 
-from app import console, drip, figures, operators, store
+from app import console, drip, figures, import_jobs, importing, operators, store
 from app.config import ConfigError
 from app.db import session_scope
 from app.emails import EmailTemplateError, build_message, render
@@ -300,4 +309,74 @@ def email_html(name: str) -> BaseResponse:
         "; frame-ancestors 'self'"
     )
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@bp.before_app_request
+def allow_uploads() -> None:
+    """The import form takes files larger than the other forms' limit."""
+    if request.endpoint == "admin.import_upload":
+        request.max_content_length = import_jobs.MAX_UPLOAD
+
+
+@bp.get("/imports")
+def imports() -> str:
+    """The import form (a CSV upload) and the export's download."""
+    return render_template(
+        "admin/imports.html", columns=importing.COLUMNS, statuses=list(SubscriberStatus)
+    )
+
+
+@bp.post("/imports")
+def import_upload() -> BaseResponse:
+    """Queue the uploaded CSV's import (or check) and show its progress page."""
+    upload = request.files.get("file")
+    data = upload.read() if upload is not None else b""
+    if not data:
+        flash("Please choose a CSV file to import.")
+        return redirect(url_for("admin.imports"))
+    consent = request.form.get("consent", "").strip()[:1000] or None
+    dry_run = request.form.get("dry_run") == "1"
+    svc = services()
+    try:
+        import_id = import_jobs.start(svc, data, consent=consent, dry_run=dry_run)
+    except (RedisError, ConfigError) as error:
+        log.warning("console: could not queue an import: %s", error)
+        flash("The import could not be queued just now (the job queue is down). Please try again.")
+        return redirect(url_for("admin.imports"))
+    with session_scope(svc.sessions) as session:
+        operators.record(
+            session,
+            current_operator(),
+            "import-check" if dry_run else "import",
+            subscriber_id=None,
+            detail=f"import {import_id}: {upload.filename if upload else ''}"[:200],
+            now=svc.clock(),
+        )
+    return redirect(url_for("admin.import_progress", import_id=import_id), code=303)
+
+
+@bp.get("/imports/<import_id>")
+def import_progress(import_id: str) -> str:
+    """How far an import got; the page reloads itself until it is done."""
+    try:
+        found = import_jobs.status(services(), import_id)
+    except (RedisError, ConfigError) as error:
+        log.warning("console: import progress unavailable: %s", error)
+        found = {"state": "unknown", "rows": 0, "total": 0, "report": None, "error": None}
+    if found is None:
+        abort(404)
+    return render_template("admin/import.html", found=found)
+
+
+@bp.get("/export")
+def export() -> BaseResponse:
+    """Every subscription (or one status, one step) as a CSV download, streamed."""
+    status_arg = request.args.get("status", "")
+    status = SubscriberStatus(status_arg) if status_arg in set(SubscriberStatus) else None
+    step_arg = request.args.get("step", "")
+    step = int(step_arg) if step_arg.isdigit() else None
+    lines = importing.export_csv(services(), status=status, step=step)
+    response = BaseResponse(stream_with_context(lines), mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="subscribers.csv"'
     return response
