@@ -71,18 +71,18 @@ class TrustedProxies:
         self.app = app
         self.hops = hops
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        peer = environ.get("REMOTE_ADDR", "")
-        environ[PEER_ADDR] = peer
-        forwarded = _from_right([environ.get("HTTP_X_FORWARDED_FOR", "")], self.hops)
-        environ["REMOTE_ADDR"] = (forwarded and parse_ip(forwarded)) or peer
-        scheme = _from_right([environ.get("HTTP_X_FORWARDED_PROTO", "")], self.hops)
+    def __call__(self, wsgi_env: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        peer = wsgi_env.get("REMOTE_ADDR", "")
+        wsgi_env[PEER_ADDR] = peer
+        forwarded = _from_right([wsgi_env.get("HTTP_X_FORWARDED_FOR", "")], self.hops)
+        wsgi_env["REMOTE_ADDR"] = (forwarded and parse_ip(forwarded)) or peer
+        scheme = _from_right([wsgi_env.get("HTTP_X_FORWARDED_PROTO", "")], self.hops)
         if scheme and scheme.lower() in {"http", "https"}:
-            environ["wsgi.url_scheme"] = scheme.lower()
-        host = _from_right([environ.get("HTTP_X_FORWARDED_HOST", "")], self.hops)
+            wsgi_env["wsgi.url_scheme"] = scheme.lower()
+        host = _from_right([wsgi_env.get("HTTP_X_FORWARDED_HOST", "")], self.hops)
         if host and all(char.isalnum() or char in ".-:[]" for char in host):
-            environ["HTTP_HOST"] = host
-        return self.app(environ, start_response)
+            wsgi_env["HTTP_HOST"] = host
+        return self.app(wsgi_env, start_response)
 
 
 def origin_of(url: str) -> str | None:
