@@ -3,6 +3,7 @@
 - `TrustedProxies` takes the visitor's address and scheme from the last TRUSTED_PROXIES
   entries of X-Forwarded-For/-Proto/-Host, and only when they parse: an address that is
   not an IP falls back to the socket's peer.
+- `BoundedBodies` holds chunked bodies to MAX_CONTENT_LENGTH (413 past it).
 - `check_same_origin` refuses a form POST whose Origin (or Referer) is another site.
 - `protective_headers` sets the referrer policy, CSP, HSTS and the Server header.
 - `GuardedJSON` turns JSON nested too deeply for the parser into a 400, not a 500.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 from collections.abc import Iterable
@@ -82,6 +84,29 @@ class TrustedProxies:
         host = _from_right([wsgi_env.get("HTTP_X_FORWARDED_HOST", "")], self.hops)
         if host and all(char.isalnum() or char in ".-:[]" for char in host):
             wsgi_env["HTTP_HOST"] = host
+        return self.app(wsgi_env, start_response)
+
+
+class BoundedBodies:
+    """WSGI middleware: a chunked body (no Content-Length) is held to `limit` bytes too.
+
+    Werkzeug cuts such a stream at MAX_CONTENT_LENGTH without a word, so a form or
+    JSON body would be read truncated. Reading one byte past the limit and giving the
+    body the length found lets Werkzeug answer 413 as it does for a declared length.
+    """
+
+    def __init__(self, app: WSGIApplication, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, wsgi_env: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        chunked = "chunked" in wsgi_env.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not wsgi_env.get("CONTENT_LENGTH"):
+            body = wsgi_env["wsgi.input"].read(self.limit + 1)
+            wsgi_env["wsgi.input"] = io.BytesIO(body)
+            wsgi_env["CONTENT_LENGTH"] = str(len(body))
+            # Werkzeug ignores a Content-Length beside Transfer-Encoding: chunked.
+            del wsgi_env["HTTP_TRANSFER_ENCODING"]
         return self.app(wsgi_env, start_response)
 
 
@@ -171,6 +196,7 @@ def _depth(text: str) -> int:
 
 def init_app(app: Flask, *, base_url: str, trusted_proxies: int) -> None:
     """Install the proxy middleware, the same-origin check, the headers and the JSON guard."""
+    app.wsgi_app = BoundedBodies(app.wsgi_app, int(app.config["MAX_CONTENT_LENGTH"]))  # type: ignore[method-assign]
     if trusted_proxies:
         app.wsgi_app = TrustedProxies(app.wsgi_app, trusted_proxies)  # type: ignore[method-assign]
     app.json = GuardedJSON(app)
