@@ -559,7 +559,9 @@ def test_every_long_running_command_refuses_production_with_the_defaults(
 
     (The web's gunicorn in particular must stop, not restart failing workers forever.)
     """
-    service = interpolate_tree(compose, {"ONWARD_ENV": "production"} | ONLY_THE_KEY)["services"][name]
+    service = interpolate_tree(compose, {"ONWARD_ENV": "production"} | ONLY_THE_KEY)["services"][
+        name
+    ]
     try:
         done = subprocess.run(
             local_argv(command_of(service)),
@@ -742,7 +744,7 @@ def test_compose_defaults_are_a_working_development_setup(resolved: dict[str, An
 def test_compose_refuses_to_start_without_a_secret_key(compose: dict[str, Any]) -> None:
     """No published fallback: without SECRET_KEY (unset or empty) compose stops, naming it."""
     for env in ({}, {"SECRET_KEY": ""}):
-        with pytest.raises(ValueError, match="SECRET_KEY is required.*SECRET_KEY in .env"):
+        with pytest.raises(ValueError, match=r"SECRET_KEY is required.*SECRET_KEY in \.env"):
             interpolate_tree(compose, env)
 
 

@@ -351,5 +351,5 @@ def test_the_per_ip_limit_is_a_setting() -> None:
     with pytest.raises(ConfigError, match="SIGNUPS_PER_IP_PER_HOUR"):
         Settings.from_env({"SIGNUPS_PER_IP_PER_HOUR": "0"})
     for bad in ("20", "20/week", "0/h", "2.5/h"):
-        with pytest.raises(ConfigError, match="SIGNUP_RATE.*20/h"):
+        with pytest.raises(ConfigError, match=r"SIGNUP_RATE.*20/h"):
             Settings.from_env({"SIGNUP_RATE": bad})

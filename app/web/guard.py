@@ -196,9 +196,9 @@ def _depth(text: str) -> int:
 
 def init_app(app: Flask, *, base_url: str, trusted_proxies: int) -> None:
     """Install the proxy middleware, the same-origin check, the headers and the JSON guard."""
-    app.wsgi_app = BoundedBodies(app.wsgi_app, int(app.config["MAX_CONTENT_LENGTH"]))  # type: ignore[method-assign]
+    app.wsgi_app = BoundedBodies(app.wsgi_app, int(app.config["MAX_CONTENT_LENGTH"]))  # type: ignore[method-assign,assignment]
     if trusted_proxies:
-        app.wsgi_app = TrustedProxies(app.wsgi_app, trusted_proxies)  # type: ignore[method-assign]
+        app.wsgi_app = TrustedProxies(app.wsgi_app, trusted_proxies)  # type: ignore[method-assign,assignment]
     app.json = GuardedJSON(app)
     app.config["WTF_CSRF_SSL_STRICT"] = False
     app.before_request(lambda: check_same_origin(base_url))
