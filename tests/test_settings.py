@@ -83,7 +83,7 @@ def test_the_development_key_is_refused_unless_base_url_is_local() -> None:
         {"BASE_URL": "https://course.example.com", "SECRET_KEY": ""},
         {"BASE_URL": "http://192.168.1.5:5000", "SECRET_KEY": DEV_SECRET_KEY},
     ):
-        with pytest.raises(ConfigError, match="SECRET_KEY .*secrets.token_urlsafe"):
+        with pytest.raises(ConfigError, match=r"SECRET_KEY .*secrets\.token_urlsafe"):
             Settings.from_env(env)
     with pytest.raises(ConfigError, match="SECRET_KEY_FALLBACKS"):
         Settings.from_env(
