@@ -218,7 +218,9 @@ class SmtpSettings:
         except ValueError:
             port = 0
         if parts.scheme not in {"smtp", "smtps"} or not parts.hostname or port == 0:
-            raise ConfigError(f"SMTP_URL must look like {example}, got {_masked(url)!r}")
+            raise ConfigError(
+                f"SMTP_URL must look like smtp://host:port, e.g. {example}, got {_masked(url)!r}"
+            )
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         unknown = sorted(set(query) - {"starttls", "timeout"})
         if unknown:
