@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
+import logging
+import sys
 
-from app.config import Settings
+from flask import Flask
+
+from app.config import ConfigError, Settings
+from app.logs import RedactingFilter
 from app.services import Services
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Flask:
-    """The Flask app for `settings` (default: read from the environment)."""
+    """The Flask app for `settings` (default: read from the environment).
+
+    A setting read from the environment that cannot be used stops the process (the
+    flask CLI: `init-db`, `run`, ...) with one line naming it and exit status 2.
+    """
     if services is None:
-        services = Services(settings or Settings.from_env())
+        if settings is None:
+            try:
+                settings = Settings.from_env()
+            except ConfigError as error:
+                print(f"onward: {error}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+        services = Services(settings)
     app = Flask(__name__, instance_path=str(services.settings.instance_dir))
     app.config.update(
         SECRET_KEY=services.settings.secret_key,
+        SECRET_KEY_FALLBACKS=list(services.settings.secret_key_fallbacks),
+        # Bodies past this answer 413, chunked ones included (read through a limited stream).
         MAX_CONTENT_LENGTH=64 * 1024,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -23,14 +38,24 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         WTF_CSRF_TIME_LIMIT=None,
     )
     app.extensions["onward"] = services
-    if services.settings.trusted_proxies:
-        # Behind N reverse proxies, take the visitor's address and scheme from the
-        # headers they set (rate limits and consent records need the real IP).
-        hops = services.settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    # The development server's access log names every path, signed links included.
+    _add_filter_once(logging.getLogger("werkzeug"))
 
     from app import cli, web
+    from app.web import guard
 
+    # Behind N reverse proxies, the visitor's address and scheme come from the headers
+    # they set (rate limits and consent records need the real IP).
+    guard.init_app(
+        app,
+        base_url=services.settings.base_url,
+        trusted_proxies=services.settings.trusted_proxies,
+    )
     web.init_app(app)
     cli.init_app(app)
     return app
+
+
+def _add_filter_once(logger: logging.Logger) -> None:
+    if not any(isinstance(existing, RedactingFilter) for existing in logger.filters):
+        logger.addFilter(RedactingFilter())

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from jinja2 import TemplateError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import DEV_SECRET_KEY, ConfigError, Settings
+from app.config import DEV_SECRET_KEY, ConfigError, Settings, check_base_url
 from app.course import CourseError
 from app.db import utcnow
 from app.emails import EmailTemplateError, build_message, render
@@ -42,21 +40,6 @@ def check_production(services: Services) -> None:
     except SQLAlchemyError as error:
         reason = str(error.orig if hasattr(error, "orig") else error).strip().splitlines()[0]
         raise ConfigError(f"cannot reach the database at DATABASE_URL: {reason}") from None
-
-
-def check_base_url(base_url: str) -> None:
-    """Raise ConfigError unless BASE_URL is a full http(s) URL that links can be built on."""
-    parts = urlsplit(base_url)
-    if (
-        parts.scheme not in {"http", "https"}
-        or not parts.hostname
-        or any(char.isspace() or char in "<>\"'" for char in base_url)
-        or parts.query
-        or parts.fragment
-    ):
-        raise ConfigError(
-            f"BASE_URL must be a full URL like https://course.example.com, got {base_url!r}"
-        )
 
 
 def check_emails(services: Services) -> None:

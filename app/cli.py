@@ -17,6 +17,7 @@ from app import drip, importing, operators, store
 from app.bounces import BounceSourceError, ImapMailbox, apply_letters, from_maildir, from_mbox
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
+from app.logs import redact
 from app.models import SubscriberStatus
 from app.services import Services
 
@@ -26,8 +27,18 @@ from app.services import Services
 def init_db_command() -> None:
     """Create the database tables, or upgrade them to the latest revision."""
     services: Services = current_app.extensions["onward"]
-    migrate(services.engine)
-    click.echo(f"database ready at revision {current_revision(services.engine)}")
+    try:
+        migrate(services.engine)
+        revision = current_revision(services.engine)
+    except Exception as error:  # whatever stops the migration, the operator gets one line
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines() or [repr(error)]
+        click.echo(
+            f"onward init-db: cannot migrate the database at DATABASE_URL "
+            f"({redact(services.settings.database_url)}): {redact(reason[0])}",
+            err=True,
+        )
+        raise SystemExit(2) from None
+    click.echo(f"database ready at revision {revision}")
 
 
 @click.command("stats")

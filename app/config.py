@@ -40,6 +40,117 @@ def parse_interval(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+#: Hosts whose BASE_URL marks a local development run (the development key is fine there).
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def parse_bool(name: str, text: str | None, default: bool) -> bool:
+    """true/false, 1/0, yes/no or on/off (any case); empty: `default`; else ConfigError."""
+    value = (text or "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false (or yes/no, on/off, 1/0), got {text!r}")
+
+
+def parse_port(name: str, text: str) -> int:
+    """A TCP port, 1 to 65535; ConfigError naming `name` otherwise."""
+    value = text.strip()
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError(f"{name} must be a port number from 1 to 65535, like 5000, got {text!r}")
+    return int(value)
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        return 0 < float(text) < float("inf")
+    except ValueError:
+        return False
+
+
+def _masked(url: str) -> str:
+    """The URL with any password replaced, fit for an error message."""
+    return re.sub(r"(\w+://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+
+
+def check_base_url(base_url: str) -> None:
+    """Raise ConfigError unless BASE_URL is a full http(s) URL that links can be built on."""
+    parts = urlsplit(base_url)
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+        valid_port = True
+    except ValueError:
+        valid_port = False
+    if (
+        parts.scheme not in {"http", "https"}
+        or not parts.hostname
+        or not valid_port
+        or any(char.isspace() or char in "<>\"'" for char in base_url)
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(
+            f"BASE_URL must be a full URL like https://course.example.com, got {base_url!r}"
+        )
+
+
+def is_local_url(base_url: str) -> bool:
+    """Whether BASE_URL points at this machine (localhost, 127.0.0.1 or ::1)."""
+    return (urlsplit(base_url).hostname or "").lower() in LOCAL_HOSTS
+
+
+def check_database_url(url: str) -> None:
+    """Raise ConfigError unless DATABASE_URL is a SQLAlchemy URL with a usable port and timeouts."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "postgresql://user:password@host:5432/onward or sqlite:///instance/onward.db"
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ConfigError(f"DATABASE_URL must be like {example}, got {_masked(url)!r}") from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ConfigError(
+            f"DATABASE_URL has port {parsed.port}: write a port from 1 to 65535, like {example}"
+        )
+    for key, value in parsed.query.items():
+        if "timeout" in key and not all(_positive_number(v) for v in _values(value)):
+            raise ConfigError(
+                f"DATABASE_URL has {key}={value!r}: write a number of seconds, like {key}=10"
+            )
+
+
+def _values(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ConfigError unless REDIS_URL is a redis://, rediss:// or unix:// URL redis-py reads."""
+    from redis.connection import parse_url
+
+    refused = ConfigError(
+        f"REDIS_URL must be like redis://host:6379/0 (or rediss://, unix:///path?db=0), "
+        f"got {_masked(url)!r}"
+    )
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise refused from None
+    if parts.scheme != "unix" and (not parts.hostname or port == 0):
+        raise refused
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise refused
+
+
 def parse_reply_to(text: str, *, setting: str = "REPLY_TO") -> str | None:
     """One address (optionally with a name) that replies go to; empty: none.
 
@@ -101,19 +212,37 @@ class SmtpSettings:
     @classmethod
     def from_url(cls, url: str) -> SmtpSettings:
         """Read `smtp://user:pass@host:port?starttls=true&timeout=30` (`smtps://`: implicit TLS)."""
+        example = "smtp://user:password@host:587?starttls=true"
         parts = urlsplit(url)
-        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
-            raise ConfigError(f"SMTP_URL must look like smtp://host:port, got {url!r}")
-        query = dict(parse_qsl(parts.query))
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if parts.scheme not in {"smtp", "smtps"} or not parts.hostname or port == 0:
+            raise ConfigError(
+                f"SMTP_URL must look like smtp://host:port, e.g. {example}, got {_masked(url)!r}"
+            )
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(query) - {"starttls", "timeout"})
+        if unknown:
+            raise ConfigError(
+                f"SMTP_URL has {unknown[0]}=: only starttls=true|false and timeout=<seconds> "
+                f"are read, like {example}&timeout=30"
+            )
+        timeout = query.get("timeout") or "30"
+        if not _positive_number(timeout):
+            raise ConfigError(
+                f"SMTP_URL has timeout={timeout!r}: write a number of seconds, like timeout=30"
+            )
         tls = parts.scheme == "smtps"
         return cls(
             host=parts.hostname,
-            port=parts.port or (465 if tls else 25),
+            port=port or (465 if tls else 25),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
-            starttls=query.get("starttls", "false").lower() in {"1", "true", "yes"},
+            starttls=parse_bool("SMTP_URL's starttls", query.get("starttls"), False),
             tls=tls,
-            timeout=float(query.get("timeout", "30")),
+            timeout=float(timeout),
         )
 
 
@@ -130,7 +259,9 @@ class Settings:
     """Everything Onward reads from its environment, with the defaults `make run` uses."""
 
     base_url: str = "http://127.0.0.1:5000"
-    secret_key: str = DEV_SECRET_KEY
+    secret_key: str = field(default=DEV_SECRET_KEY, repr=False)
+    #: Older keys that still verify links (SECRET_KEY_FALLBACKS); SECRET_KEY signs.
+    secret_key_fallbacks: tuple[str, ...] = field(default=(), repr=False)
     database_url: str = f"sqlite:///{DEFAULT_INSTANCE_DIR / 'onward.db'}"
     redis_url: str | None = None
     smtp_url: str | None = None
@@ -195,18 +326,23 @@ class Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
 
+        def get(name: str, default: str = "") -> str:
+            # An empty value (NAME= in .env or compose) means the default.
+            return (env.get(name) or "").strip() or default
+
         def interval(name: str, default: str) -> timedelta:
             try:
-                return parse_interval(env.get(name, default))
+                return parse_interval(get(name, default))
             except ConfigError as error:
                 raise ConfigError(f"{name}: {error}") from None
 
-        port = env.get("PORT", "5000")
-        instance_dir = Path(env.get("INSTANCE_DIR", str(DEFAULT_INSTANCE_DIR)))
-        outbox = env.get("OUTBOX_DIR")
+        port = str(parse_port("PORT", get("PORT", "5000")))
+        parse_port("MAIL_CATCHER_PORT", get("MAIL_CATCHER_PORT", "1025"))
+        instance_dir = Path(get("INSTANCE_DIR", str(DEFAULT_INSTANCE_DIR)))
+        outbox = get("OUTBOX_DIR")
 
         def choice(name: str, allowed: set[str], default: str) -> str:
-            value = env.get(name, default).strip().lower()
+            value = get(name, default).lower()
             if value not in allowed:
                 raise ConfigError(
                     f"{name} must be one of {', '.join(sorted(allowed))}, got {value!r}"
@@ -214,30 +350,41 @@ class Settings:
             return value
 
         def whole_number(name: str, default: int) -> int:
-            text = env.get(name, str(default)).strip()
+            text = get(name, str(default))
             if not text.isdigit():
-                raise ConfigError(f"{name} must be a whole number, got {text!r}")
+                raise ConfigError(f"{name} must be a whole number, like {default}, got {text!r}")
             return int(text)
 
         def positive_int(name: str, default: int) -> int:
-            text = env.get(name, str(default))
+            text = get(name, str(default))
             if not text.isdigit() or int(text) < 1:
-                raise ConfigError(f"{name} must be a whole number above zero, got {text!r}")
+                raise ConfigError(
+                    f"{name} must be a whole number above zero, like {default}, got {text!r}"
+                )
             return int(text)
 
+        base_url = get("BASE_URL", f"http://127.0.0.1:{port}").rstrip("/")
+        check_base_url(base_url)
+        secret_key, fallbacks = secret_keys(env, base_url)
+        database_url = get("DATABASE_URL", f"sqlite:///{instance_dir / 'onward.db'}")
+        check_database_url(database_url)
+        redis_url = get("REDIS_URL") or None
+        if redis_url:
+            check_redis_url(redis_url)
         send_window, default_time_zone = schedule_settings(env)
-        smtp_url = env.get("SMTP_URL") or None
+        smtp_url = get("SMTP_URL") or None
         if smtp_url:
             SmtpSettings.from_url(smtp_url)  # refuse a malformed URL at start, not at send
         send_rate, smtp_utf8 = delivery_settings(env)
         return cls(
-            base_url=env.get("BASE_URL", f"http://127.0.0.1:{port}").rstrip("/"),
-            secret_key=env.get("SECRET_KEY", defaults.secret_key),
-            database_url=env.get("DATABASE_URL", f"sqlite:///{instance_dir / 'onward.db'}"),
-            redis_url=env.get("REDIS_URL") or None,
+            base_url=base_url,
+            secret_key=secret_key,
+            secret_key_fallbacks=fallbacks,
+            database_url=database_url,
+            redis_url=redis_url,
             smtp_url=smtp_url,
-            mail_from=env.get("MAIL_FROM", defaults.mail_from),
-            postal_address=env.get("POSTAL_ADDRESS", defaults.postal_address),
+            mail_from=get("MAIL_FROM", defaults.mail_from),
+            postal_address=get("POSTAL_ADDRESS", defaults.postal_address),
             step_interval=interval("STEP_INTERVAL", "2d"),
             tick_seconds=interval("TICK_INTERVAL", "5s").total_seconds(),
             batch_size=positive_int("BATCH_SIZE", defaults.batch_size),
@@ -246,29 +393,56 @@ class Settings:
             click_tracking=ClickTracking(
                 choice("CLICK_TRACKING", {m.value for m in ClickTracking}, "off")
             ),
-            queue_name=env.get("QUEUE_NAME", defaults.queue_name),
-            check_deliverability=env.get("CHECK_DELIVERABILITY", "false").lower()
-            in {"1", "true", "yes"},
+            queue_name=get("QUEUE_NAME", defaults.queue_name),
+            check_deliverability=parse_bool(
+                "CHECK_DELIVERABILITY", env.get("CHECK_DELIVERABILITY"), False
+            ),
             instance_dir=instance_dir,
-            emails_dir=Path(env.get("EMAILS_DIR", str(DEFAULT_EMAILS_DIR))),
+            emails_dir=Path(get("EMAILS_DIR", str(DEFAULT_EMAILS_DIR))),
             outbox_dir=Path(outbox) if outbox else None,
-            dev_pages=env.get("DEV_PAGES", "false").lower() in {"1", "true", "yes"},
+            dev_pages=parse_bool("DEV_PAGES", env.get("DEV_PAGES"), False),
             trusted_proxies=whole_number("TRUSTED_PROXIES", 0),
             environment=choice("ONWARD_ENV", {"development", "production"}, "development"),
             log_format=choice("LOG_FORMAT", {"text", "json"}, "text"),
-            dkim_key_file=Path(env["DKIM_KEY_FILE"]) if env.get("DKIM_KEY_FILE") else None,
-            dkim_selector=env.get("DKIM_SELECTOR", defaults.dkim_selector),
-            dkim_domain=env.get("DKIM_DOMAIN") or None,
+            dkim_key_file=Path(get("DKIM_KEY_FILE")) if get("DKIM_KEY_FILE") else None,
+            dkim_selector=get("DKIM_SELECTOR", defaults.dkim_selector),
+            dkim_domain=get("DKIM_DOMAIN") or None,
             reply_to=parse_reply_to(env.get("REPLY_TO", "")),
             send_window=send_window,
             default_time_zone=default_time_zone,
             # The operator's console (/admin) and /metrics.
             admin_session_idle=interval("ADMIN_SESSION_IDLE", "30m"),
-            metrics_token=env.get("METRICS_TOKEN") or None,
+            metrics_token=get("METRICS_TOKEN") or None,
             send_rate=send_rate,
             smtp_utf8=smtp_utf8,
             hygiene=HygieneSettings.from_env(env),
         )
+
+
+#: How to make a key, said wherever one is asked for.
+MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+def secret_keys(env: Mapping[str, str], base_url: str) -> tuple[str, tuple[str, ...]]:
+    """SECRET_KEY (empty: the development key) and SECRET_KEY_FALLBACKS, newest first.
+
+    The development key is published with the code: anyone holding it can sign links
+    (one leaked List-Unsubscribe URL would be enough to make a manage link), so it is
+    refused wherever BASE_URL is not this machine.
+    """
+    secret_key = (env.get("SECRET_KEY") or "").strip() or DEV_SECRET_KEY
+    fallbacks = tuple(
+        key.strip() for key in (env.get("SECRET_KEY_FALLBACKS") or "").split(",") if key.strip()
+    )
+    if not is_local_url(base_url):
+        if secret_key == DEV_SECRET_KEY:
+            raise ConfigError(
+                f"SECRET_KEY is unset or the published development key while BASE_URL "
+                f"({base_url}) is not local: set it to a long random value, e.g. {MAKE_A_KEY}"
+            )
+        if DEV_SECRET_KEY in fallbacks:
+            raise ConfigError("SECRET_KEY_FALLBACKS holds the published development key: remove it")
+    return secret_key, fallbacks
 
 
 # --- Delivery safety settings: SEND_RATE and SMTP_UTF8 ---
@@ -294,12 +468,14 @@ class Rate:
         return f"{self.count:g}/{unit}"
 
 
-def parse_rate(text: str) -> Rate:
-    """Read `14/s`, `600/m`, `50000/h` or `100000/d`; ConfigError if it is not one."""
+def parse_rate(
+    text: str, *, setting: str = "SEND_RATE", what: str = "emails", example: str = "14/s"
+) -> Rate:
+    """Read `14/s`, `600/m`, `50000/h` or `100000/d`; ConfigError naming `setting` if not one."""
     match = _RATE.match(text)
     if not match or float(match.group(1)) <= 0:
         raise ConfigError(
-            f"SEND_RATE must be a number of emails per s, m, h or d, like 14/s, got {text!r}"
+            f"{setting} must be a number of {what} per s, m, h or d, like {example}, got {text!r}"
         )
     return Rate(float(match.group(1)), _RATE_PERIODS[match.group(2)])
 
@@ -321,7 +497,7 @@ def console_cache(env: Mapping[str, str]) -> timedelta:
 
 def claim_lease(env: Mapping[str, str]) -> timedelta:
     """CLAIM_LEASE (default 10m): how long a batch holds its subscriptions."""
-    text = env.get("CLAIM_LEASE", "10m")
+    text = (env.get("CLAIM_LEASE") or "").strip() or "10m"
     try:
         lease = parse_interval(text)
     except ConfigError as error:
@@ -333,11 +509,9 @@ def claim_lease(env: Mapping[str, str]) -> timedelta:
 
 def delivery_settings(env: Mapping[str, str]) -> tuple[Rate | None, bool]:
     """SEND_RATE (unset: unlimited) and SMTP_UTF8 (default false) from the environment."""
-    send_rate = env.get("SEND_RATE", "").strip()
-    smtp_utf8 = env.get("SMTP_UTF8", "false").strip().lower()
-    if smtp_utf8 not in {"1", "true", "yes", "0", "false", "no"}:
-        raise ConfigError(f"SMTP_UTF8 must be true or false, got {smtp_utf8!r}")
-    return (parse_rate(send_rate) if send_rate else None), smtp_utf8 in {"1", "true", "yes"}
+    send_rate = (env.get("SEND_RATE") or "").strip()
+    smtp_utf8 = parse_bool("SMTP_UTF8", env.get("SMTP_UTF8"), False)
+    return (parse_rate(send_rate) if send_rate else None), smtp_utf8
 
 
 # --- List hygiene: suppression, caps, provider webhooks and bounce mail ---
@@ -347,8 +521,8 @@ def delivery_settings(env: Mapping[str, str]) -> tuple[Rate | None, bool]:
 class HygieneSettings:
     """Limits and the credentials of the ways bounces and complaints reach Onward."""
 
-    #: Sign-ups one IP address (IPv6: one /64 network) may make per hour.
-    signups_per_ip_per_hour: int = 20
+    #: Sign-ups one IP address (IPv6: one /64 network) may make per period (SIGNUP_RATE).
+    signup_rate: Rate = field(default_factory=lambda: Rate(20, 3600))
     #: Confirmation emails one mailbox (however spelled) may receive per UTC day.
     confirmations_per_day: int = 3
     #: Soft bounces of one mailbox within `soft_bounce_window` that suppress it.
@@ -398,7 +572,7 @@ class HygieneSettings:
         if auth is not None and ":" not in auth:
             raise ConfigError("POSTMARK_WEBHOOK_AUTH must be user:password")
         return cls(
-            signups_per_ip_per_hour=count("SIGNUPS_PER_IP_PER_HOUR", cls.signups_per_ip_per_hour),
+            signup_rate=signup_rate(env),
             confirmations_per_day=count("CONFIRMATIONS_PER_DAY", cls.confirmations_per_day),
             soft_bounce_limit=count("SOFT_BOUNCE_LIMIT", cls.soft_bounce_limit),
             soft_bounce_window=interval("SOFT_BOUNCE_WINDOW", "7d"),
@@ -412,3 +586,22 @@ class HygieneSettings:
             mailgun_signing_key=env.get("MAILGUN_SIGNING_KEY") or None,
             sendgrid_public_key=env.get("SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
         )
+
+
+def signup_rate(env: Mapping[str, str]) -> Rate:
+    """SIGNUP_RATE (default 20/h), or the older SIGNUPS_PER_IP_PER_HOUR as a count per hour."""
+    text = (env.get("SIGNUP_RATE") or "").strip()
+    if not text:
+        older = (env.get("SIGNUPS_PER_IP_PER_HOUR") or "").strip()
+        if not older:
+            return Rate(20, 3600)
+        if not older.isdigit() or int(older) < 1:
+            raise ConfigError(
+                f"SIGNUPS_PER_IP_PER_HOUR must be a whole number above zero, got {older!r}; "
+                "better, write SIGNUP_RATE=20/h"
+            )
+        return Rate(int(older), 3600)
+    rate = parse_rate(text, setting="SIGNUP_RATE", what="sign-ups", example="20/h")
+    if not rate.count.is_integer():
+        raise ConfigError(f"SIGNUP_RATE must count whole sign-ups, like 20/h, got {text!r}")
+    return rate

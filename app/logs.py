@@ -10,8 +10,15 @@ from datetime import UTC, datetime
 
 #: Signed links in paths or messages: only their first characters are kept.
 _TOKEN_IN_PATH = re.compile(
-    r"/(confirm|pause|unsubscribe|manage)/([A-Za-z0-9_\-]{6})[A-Za-z0-9_.\-]+"
+    r"/(confirm|pause|unsubscribe|manage|read)/([A-Za-z0-9_\-]{6})[A-Za-z0-9_.\-]+"
 )
+#: Any other signed token (itsdangerous: payload.timestamp.signature), in a query
+#: value or anywhere else: its first characters are kept.
+_SIGNED_TOKEN = re.compile(
+    r"\b([A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{20,}"
+)
+#: Values of query parameters that carry secrets by name.
+_SECRET_QUERY = re.compile(r"([?&](?:token|key|signature|sig|password)=)[^&\s\"]+", re.IGNORECASE)
 #: Passwords inside URLs (smtp://user:secret@host, postgresql://user:secret@host).
 _URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
 _STANDARD = set(vars(logging.makeLogRecord({})))
@@ -20,6 +27,8 @@ _STANDARD = set(vars(logging.makeLogRecord({})))
 def redact(text: str) -> str:
     """The text with signed link tokens shortened and URL passwords masked."""
     text = _TOKEN_IN_PATH.sub(r"/\1/\2…", text)
+    text = _SIGNED_TOKEN.sub(r"\1…", text)
+    text = _SECRET_QUERY.sub(r"\1…", text)
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 

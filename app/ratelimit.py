@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import time
 
 from redis import Redis
@@ -14,7 +15,17 @@ log = logging.getLogger(__name__)
 
 def allow(redis: Redis, key: str, *, limit: int, window_seconds: int) -> bool:
     """Count one hit on `key`; say whether it is within `limit` hits per window."""
-    bucket = f"{key}:{int(time.time() // window_seconds)}"
+    return wait_needed(redis, key, limit=limit, window_seconds=window_seconds) is None
+
+
+def wait_needed(redis: Redis, key: str, *, limit: int, window_seconds: int) -> int | None:
+    """Count one hit on `key`; None if within `limit` per window, else whole seconds to wait.
+
+    The wait is what a 429's Retry-After says: until the current window ends.
+    """
+    now = time.time()
+    window = int(now // window_seconds)
+    bucket = f"{key}:{window}"
     try:
         pipe = redis.pipeline()
         pipe.incr(bucket)
@@ -23,8 +34,10 @@ def allow(redis: Redis, key: str, *, limit: int, window_seconds: int) -> bool:
     except RedisError:
         # Refusing every sign-up because the limiter is down would lose people.
         log.warning("rate limiter unavailable; allowing %s", key)
-        return True
-    return hits <= limit
+        return None
+    if hits <= limit:
+        return None
+    return max(1, math.ceil((window + 1) * window_seconds - now))
 
 
 #: One person usually holds a whole IPv6 /64 (a home or phone network hands one out),

@@ -95,7 +95,11 @@ class Services:
     @cached_property
     def signer(self) -> LinkSigner:
         """Signs and reads the links in emails."""
-        return LinkSigner(self.settings.secret_key, confirm_max_age=self.settings.confirm_max_age)
+        return LinkSigner(
+            self.settings.secret_key,
+            confirm_max_age=self.settings.confirm_max_age,
+            fallbacks=self.settings.secret_key_fallbacks,
+        )
 
     @cached_property
     def course(self) -> Course:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -31,10 +32,14 @@ class ExpiredLink(InvalidLink):
 class LinkSigner:
     """Signs a subscription key for one purpose and reads it back."""
 
-    def __init__(self, secret_key: str, *, confirm_max_age: timedelta) -> None:
+    def __init__(
+        self, secret_key: str, *, confirm_max_age: timedelta, fallbacks: Sequence[str] = ()
+    ) -> None:
+        # itsdangerous signs with the last key of the list and verifies with any of
+        # them: links signed with an older key (SECRET_KEY_FALLBACKS) keep working.
+        keys = [*reversed(fallbacks), secret_key]
         self._serializers = {
-            purpose: URLSafeTimedSerializer(secret_key, salt=f"onward.{purpose}")
-            for purpose in Purpose
+            purpose: URLSafeTimedSerializer(keys, salt=f"onward.{purpose}") for purpose in Purpose
         }
         # Only confirmation links expire: pause, unsubscribe, manage and read links sit
         # in old emails and must keep working (CAN-SPAM asks for 30 days at least).

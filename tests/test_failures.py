@@ -330,6 +330,7 @@ def test_a_sending_process_refuses_to_start_with_a_broken_template(
     monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
     monkeypatch.setenv("EMAILS_DIR", str(settings.emails_dir))
     monkeypatch.setenv("BASE_URL", "https://onward.test")
+    monkeypatch.setenv("SECRET_KEY", settings.secret_key)
     assert main(["--once"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
 from app import drip, ratelimit
-from app.config import ConfigError, Settings
+from app.config import ConfigError, Rate, Settings
 from app.db import session_scope
 from app.mailbox import MailboxKeys, canonical_mailbox
 from app.models import MailEvent, MailEventKind, Subscriber, SubscriberStatus, Suppression
@@ -331,7 +331,7 @@ def test_sign_ups_from_one_ipv6_64_share_one_hourly_limit(
 ) -> None:
     wall = SimpleNamespace(now=1_800_000_000.0)
     monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: wall.now))
-    limit = services.settings.hygiene.signups_per_ip_per_hour
+    limit = int(services.settings.hygiene.signup_rate.count)
     for n in range(limit):
         # A new address in the same /64 for every attempt, as an attacker would rotate.
         response = visitor(app, f"2001:db8:aa:bb::{n + 1:x}").post(
@@ -351,7 +351,14 @@ def test_sign_ups_from_one_ipv6_64_share_one_hourly_limit(
 
 
 def test_the_per_ip_limit_is_a_setting() -> None:
-    settings = Settings.from_env({"SIGNUPS_PER_IP_PER_HOUR": "5"})
-    assert settings.hygiene.signups_per_ip_per_hour == 5
+    assert Settings.from_env({}).hygiene.signup_rate == Rate(20, 3600)
+    assert Settings.from_env({"SIGNUP_RATE": "5/m"}).hygiene.signup_rate == Rate(5, 60)
+    # The older name still reads, as a count per hour; SIGNUP_RATE wins over it.
+    assert Settings.from_env({"SIGNUPS_PER_IP_PER_HOUR": "5"}).hygiene.signup_rate == Rate(5, 3600)
+    both = {"SIGNUPS_PER_IP_PER_HOUR": "5", "SIGNUP_RATE": "7/d"}
+    assert Settings.from_env(both).hygiene.signup_rate == Rate(7, 86400)
     with pytest.raises(ConfigError, match="SIGNUPS_PER_IP_PER_HOUR"):
         Settings.from_env({"SIGNUPS_PER_IP_PER_HOUR": "0"})
+    for bad in ("20", "20/week", "0/h", "2.5/h"):
+        with pytest.raises(ConfigError, match=r"SIGNUP_RATE.*20/h"):
+            Settings.from_env({"SIGNUP_RATE": bad})

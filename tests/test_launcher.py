@@ -109,6 +109,13 @@ def test_make_run_starts_everything_and_stops_everything(tmp_path: Path) -> None
         text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
         confirm_url = re.search(r"http://\S+/confirm/[^\s()]+", text).group(0)  # type: ignore[union-attr]
         http(confirm_url, data=b"")
+        # The access log names the path, never the whole token; the server names no version.
+        token = confirm_url.rsplit("/", 1)[1]
+        [log] = instance.parent.glob(f"launcher-{port}-*.log")
+        access = log.read_text()
+        assert "/confirm/" + token[:6] in access and token not in access
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as health:
+            assert health.headers["Server"] == "Onward"
         wait_for(lambda: len(outbox_messages(instance)) >= 3, 30, "steps 1 and 2 from the worker")
         subjects = [
             BytesParser(policy=policy.default).parsebytes(p.read_bytes())["Subject"]

@@ -856,7 +856,7 @@ def test_too_many_sign_ups_from_one_ip_get_429(
     # The limiter counts in wall-clock windows; hold the wall clock still for the test.
     wall = SimpleNamespace(now=1_800_000_000.0)
     monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: wall.now))
-    limit = services.settings.hygiene.signups_per_ip_per_hour
+    limit = int(services.settings.hygiene.signup_rate.count)
     flood = client_from(app, "203.0.113.66")
 
     for n in range(limit):

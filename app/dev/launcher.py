@@ -44,7 +44,7 @@ class Launch:
             self.env["REDIS_URL"] = self.redis.url
         if settings.smtp_url is None:
             outbox = settings.outbox_dir or settings.instance_dir / "outbox"
-            port = int(self.env.get("MAIL_CATCHER_PORT", "1025"))
+            port = int(self.env.get("MAIL_CATCHER_PORT") or "1025")
             try:
                 self.catcher = start_catcher(outbox, port=port)
             except OSError as error:
@@ -59,7 +59,7 @@ class Launch:
         """Start the web app, one worker and the scheduler."""
         python = sys.executable
         commands = {
-            "web": [python, "-m", "flask", "--app", "app", "run", "--port", port, "--no-reload"],
+            "web": [python, "-m", "app.dev.server", "--port", port],
             "worker": [python, "-m", "worker"],
             "scheduler": [python, "-m", "worker.schedule"],
         }
@@ -94,7 +94,7 @@ def main() -> int:
     except ConfigError as error:
         print(f"onward: {error}", file=sys.stderr)
         return 2
-    port = os.environ.get("PORT", "5000")
+    port = os.environ.get("PORT") or "5000"
     try:
         engine = make_engine(settings.database_url)
         try:

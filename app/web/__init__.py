@@ -17,7 +17,11 @@ csrf = CSRFProtect()
 
 
 class TooManyAttempts(Exception):
-    """One visitor tried to sign up too often in a short time."""
+    """One visitor tried to sign up too often in a short time; `retry_after` in seconds."""
+
+    def __init__(self, retry_after: int = 60) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
 
 
 def services() -> Services:
@@ -80,12 +84,9 @@ def init_app(app: Flask) -> None:
         return {"course": services().course}
 
     @app.after_request
-    def protective_headers(response: Response) -> Response:
-        # Signed links sit in URLs: never leak them in a Referer, never cache the
-        # pages they open (they show personal data), and never frame our pages.
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
+    def no_store_behind_links(response: Response) -> Response:
+        # The pages signed links open show personal data: never cache them.
+        # (Referrer policy, CSP and the other headers: app/web/guard.py.)
         if request.blueprint == "links":
             response.headers["Cache-Control"] = "no-store"
         return response
@@ -108,8 +109,11 @@ def init_app(app: Flask) -> None:
         )
 
     @app.errorhandler(TooManyAttempts)
-    def too_many_attempts(_error_: TooManyAttempts) -> tuple[Response | str, int]:
-        return _error(429, "Too many attempts", "Please wait a few minutes and try again.")
+    def too_many_attempts(error: TooManyAttempts) -> tuple[Response, int]:
+        body, status = _error(429, "Too many attempts", "Please wait a few minutes and try again.")
+        response = current_app.make_response(body)
+        response.headers["Retry-After"] = str(error.retry_after)
+        return response, status
 
     @app.errorhandler(CSRFError)
     def csrf_failed(_error_: CSRFError) -> tuple[Response | str, int]:

@@ -22,7 +22,7 @@ bp = Blueprint("pages", __name__)
 
 
 def client_ip() -> str | None:
-    """The visitor's address as this server sees it."""
+    """The visitor's IP address: the socket's peer, or what trusted proxies say (web/guard.py)."""
     return request.remote_addr
 
 
@@ -36,15 +36,26 @@ def send_soon(subscriber_id: int) -> None:
         log.warning("could not queue subscriber %s now: %s", subscriber_id, error)
 
 
-def within_rate_limit(key: str) -> bool:
-    """Count a sign-up attempt against `key`; without Redis configured, allow it."""
+def check_rate_limit() -> None:
+    """Count a valid sign-up against the visitor's IP (IPv6: /64); TooManyAttempts past SIGNUP_RATE.
+
+    Without Redis configured, allow it.
+    """
     svc = services()
     try:
         redis = svc.redis
     except ConfigError:
-        return True
-    limit = svc.settings.hygiene.signups_per_ip_per_hour
-    return ratelimit.allow(redis, key, limit=limit, window_seconds=3600)
+        return
+    rate = svc.settings.hygiene.signup_rate
+    network = ratelimit.ip_network_key(client_ip())
+    wait = ratelimit.wait_needed(
+        redis,
+        f"{svc.settings.queue_name}:ratelimit:subscribe:{network}",
+        limit=int(rate.count),
+        window_seconds=int(rate.period),
+    )
+    if wait is not None:
+        raise TooManyAttempts(wait)
 
 
 def sign_up(
@@ -59,9 +70,6 @@ def sign_up(
     """
     svc = services()
     settings = svc.settings
-    network = ratelimit.ip_network_key(client_ip())
-    if not within_rate_limit(f"{settings.queue_name}:ratelimit:subscribe:{network}"):
-        raise TooManyAttempts()
     try:
         email = drip.normalize_email(
             email_input,
@@ -70,6 +78,8 @@ def sign_up(
         )
     except drip.InvalidEmail as error:
         return str(error)
+    # Counted only once the address is valid: a typo does not use up the visitor's tries.
+    check_rate_limit()
     with session_scope(svc.sessions) as session:
         request_id = drip.record_signup(
             session,
