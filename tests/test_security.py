@@ -31,7 +31,7 @@ from app.models import Consent, Subscriber
 from app.services import Services
 from app.tokens import LinkSigner, Purpose
 from app.web.guard import parse_ip
-from tests.support import csrf_token, free_port
+from tests.support import csrf_token, free_port, run_worker
 
 HTTPS_PROXY = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
 WEEK = timedelta(days=7)
@@ -54,6 +54,8 @@ def proxied(services: Services) -> Iterator[Flask]:
 
 
 def consent_ips(services: Services) -> dict[str, str | None]:
+    """The consent IP of each subscription, once the worker has decided the sign-ups."""
+    run_worker(services)
     with session_scope(services.sessions) as session:
         rows = session.execute(select(Subscriber.email, Consent.ip).join(Consent.subscriber))
         return {email: ip for email, ip in rows.all()}
@@ -88,6 +90,8 @@ def test_the_form_works_over_https_behind_a_proxy_with_origin_and_no_referer(
 
 
 def services_subscribers(services: Services) -> list[Subscriber]:
+    """Every subscription, once the worker has decided the sign-ups."""
+    run_worker(services)
     with session_scope(services.sessions) as session:
         return list(session.scalars(select(Subscriber).order_by(Subscriber.id)))
 
