@@ -6,7 +6,9 @@ The web app and the worker both call these, and tests move time by passing `now`
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -167,7 +169,7 @@ def normalize_email(raw: str, *, check_deliverability: bool = False, smtputf8: b
             "yet. Please use another address."
         )
     try:
-        address = validate_email(candidate, check_deliverability=check_deliverability).normalized
+        address = _validated(candidate, check_deliverability=check_deliverability)
     except EmailUndeliverableError:
         raise InvalidEmail(addresses.undeliverable(candidate)) from None
     except EmailNotValidError:
@@ -177,6 +179,37 @@ def normalize_email(raw: str, *, check_deliverability: bool = False, smtputf8: b
     # Mailbox providers treat the local part case-insensitively, and so do we:
     # Ada@example.com and ada@example.com are one subscriber.
     return address.lower()
+
+
+#: A local part that is a plain ASCII dot-atom (RFC 5322): email-validator keeps it as it is.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_LOCAL_PART = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
+#: The longest local part RFC 5321 allows.
+_LOCAL_PART_LENGTH = 64
+
+
+def _validated(candidate: str, *, check_deliverability: bool) -> str:
+    """email-validator's normalised form of `candidate` (its exceptions if it is not valid).
+
+    Most addresses are a plain ASCII local part at one of few domains: their domain is
+    validated once per process (the costly part, an import's rate depends on it) and the
+    local part is kept, as email-validator would keep it. Everything else, and every
+    deliverability check (DNS answers change), goes through email-validator itself.
+    """
+    local, _, domain = candidate.rpartition("@")
+    if (
+        not check_deliverability
+        and len(local) <= _LOCAL_PART_LENGTH
+        and _PLAIN_LOCAL_PART.match(local)
+    ):
+        return f"{local}@{_validated_domain(domain)}"
+    return str(validate_email(candidate, check_deliverability=check_deliverability).normalized)
+
+
+@functools.lru_cache(maxsize=4096)
+def _validated_domain(domain: str) -> str:
+    """A domain as email-validator normalises it (a valid address there says so)."""
+    return str(validate_email(f"a@{domain}", check_deliverability=False).normalized)[2:]
 
 
 def clean_name(raw: str) -> str:

@@ -15,6 +15,7 @@ a suppressed address is never imported.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import ipaddress
 from collections import Counter
@@ -191,9 +192,15 @@ def _ip(text: str, column: str) -> str | None:
     if not text:
         return None
     try:
-        return str(ipaddress.ip_address(text))
+        return _canonical_ip(text)
     except ValueError:
         raise ValueError(f"{column} {text[:45]!r} is not an IP address") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(text: str) -> str:
+    """An IP address in its canonical form; a list's rows often share a few (a form's server)."""
+    return str(ipaddress.ip_address(text))
 
 
 class _Reader:
