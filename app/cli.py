@@ -150,9 +150,7 @@ def admin_create_command(email: str, password_stdin: bool) -> None:
 
 @admin_group.command("token")
 @click.argument("label")
-@click.option(
-    "--scope", type=click.Choice(["read", "write"]), default="read", show_default=True
-)
+@click.option("--scope", type=click.Choice(["read", "write"]), default="read", show_default=True)
 @click.option("--operator", "operator_email", required=True, help="The operator it acts for.")
 @with_appcontext
 def admin_token_command(label: str, scope: str, operator_email: str) -> None:

@@ -38,8 +38,19 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import admin, api, apiv1, dev, health, links, metrics, openapi, pages, reading
-    from app.web import webhooks
+    from app.web import (
+        admin,
+        api,
+        apiv1,
+        dev,
+        health,
+        links,
+        metrics,
+        openapi,
+        pages,
+        reading,
+        webhooks,
+    )
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)

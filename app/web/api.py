@@ -19,7 +19,9 @@ ACCEPTED_MESSAGE = (
 class SignUp(BaseModel):
     """A sign-up."""
 
-    email: str = Field(description="The address that receives the course.")
+    email: str = Field(
+        description="The address that receives the course.", json_schema_extra={"format": "email"}
+    )
     first_name: str | None = Field(None, description="Optional; used in the emails.")
     time_zone: str | None = Field(None, description="An IANA name; default DEFAULT_TIME_ZONE.")
 

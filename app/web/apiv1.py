@@ -106,7 +106,7 @@ class ConsentIn(BaseModel):
 class SubscriberIn(BaseModel):
     """A new subscription: pending (a confirmation email goes), or imported with consent."""
 
-    email: str = Field(max_length=320)
+    email: str = Field(max_length=320, json_schema_extra={"format": "email"})
     first_name: str = Field("", max_length=100)
     time_zone: str | None = Field(None, max_length=64, description="An IANA name.")
     consent: ConsentIn | None = None
@@ -218,7 +218,9 @@ def decode_cursor(cursor: str) -> int:
         raw = ""
     prefix, _, number = raw.partition(":")
     if prefix != "id" or not number.isdigit() or int(number) > MAX_ID:
-        raise ApiError(400, "invalid_cursor", "This cursor is not valid; start from the first page.")
+        raise ApiError(
+            400, "invalid_cursor", "This cursor is not valid; start from the first page."
+        )
     return int(number)
 
 
@@ -436,9 +438,7 @@ def unsubscribe(subscriber_id: int) -> tuple[Response, int]:
 
 
 @bp.delete("/subscribers/<int:subscriber_id>")
-@spec.validate(
-    resp=responses(404, *COMMON_ERRORS, HTTP_204=None), tags=TAGS, security=SECURITY
-)
+@spec.validate(resp=responses(404, *COMMON_ERRORS, HTTP_204=None), tags=TAGS, security=SECURITY)
 def erase(subscriber_id: int) -> tuple[Response, int]:
     """Erase the subscription with its consent record and ledger (audited by id only)."""
     return _act(subscriber_id, "erase")
@@ -502,4 +502,3 @@ def funnel() -> tuple[Response, int]:
             completion_rate=figures.completion_rate,
         )
     )
-
