@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from app import outbound
 from app.sending import send_batch as send_batch_for
 from app.services import Services
 
@@ -30,4 +31,13 @@ def send_batch(subscriber_ids: list[int]) -> dict[str, int]:
     """Send the due email of each listed subscription; return counts by outcome."""
     report = send_batch_for(services(), subscriber_ids).as_dict()
     log.info("batch of %d: %s", len(subscriber_ids), report)
+    return report
+
+
+def deliver_webhooks() -> dict[str, int]:
+    """Deliver the webhook events due now; return counts by outcome."""
+    svc = services()
+    report = outbound.deliver_due(svc.sessions, clock=svc.clock)
+    if report:
+        log.info("webhooks: %s", report)
     return report
