@@ -78,7 +78,7 @@ TIMEOUT_SECONDS = 10
 BATCH = 100
 
 #: Status moves and the event each one is.
-_MOVES = {
+_MOVES: dict[tuple[str, str], str] = {
     (S.PENDING, S.ACTIVE): "confirmed",
     (S.ACTIVE, S.PAUSED): "paused",
     (S.PAUSED, S.ACTIVE): "resumed",
