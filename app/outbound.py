@@ -319,6 +319,11 @@ def http_post(url: str, body: bytes, headers: dict[str, str]) -> int:
             return int(answer.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+    except urllib.error.URLError as error:
+        # Say what really went wrong (refused, timed out, no such host) in the attempt log.
+        if isinstance(error.reason, OSError):
+            raise error.reason from None
+        raise
 
 
 def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Outgoing]:

@@ -55,7 +55,13 @@ TOTAL_STEPS = load_course(DEFAULT_EMAILS_DIR).step_count
 
 def sample_url(rule: Any) -> str:
     """A URL for `rule` with a plausible value for each of its arguments."""
-    values = {"subscriber_id": 1, "action": "pause", "name": "step-01"}
+    values = {
+        "subscriber_id": 1,
+        "action": "pause",
+        "name": "step-01",
+        "token_id": 1,
+        "endpoint_id": 1,
+    }
     return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", lambda m: str(values[m.group(1)]), rule.rule)
 
 
