@@ -359,6 +359,9 @@ class WebhookEvent(Base):
         ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), index=True
     )
     event_type: Mapped[str] = mapped_column(String(32))
+    #: Not a foreign key: erasing the subscription deletes its events by this id (their
+    #: bodies hold the address), and a delivered event's row is not the subscription's.
+    subscriber_id: Mapped[int | None] = mapped_column(Integer, index=True)
     #: The JSON body, fixed when the event happened (the signature covers these bytes).
     payload: Mapped[str] = mapped_column(Text)
     #: pending, delivered or failed.

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import event, inspect, select, update
+from sqlalchemy import delete, event, inspect, select, update
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from app.db import session_scope
@@ -87,6 +87,7 @@ _MOVES: dict[tuple[str, str], str] = {
 }
 _PENDING = "webhook_events"
 _COMPLAINED = "webhook_complained"
+_ERASED = "webhook_erased"
 
 
 class EndpointError(ValueError):
@@ -185,6 +186,9 @@ def _seen(session: Session) -> list[Happened]:
 def _after_flush(session: Session, _context: Any) -> None:
     """Note what the flush changed that an endpoint may want to hear about."""
     seen = _seen(session)
+    for obj in session.deleted:
+        if isinstance(obj, Subscriber):
+            session.info.setdefault(_ERASED, set()).add(obj.id)
     for obj in list(session.new) + list(session.dirty):
         if isinstance(obj, Subscriber):
             _subscriber_moves(obj, obj in session.new, seen)
@@ -236,6 +240,11 @@ def _write_outbox(session: Session, now: datetime) -> None:
     session.flush()
     seen = session.info.pop(_PENDING, [])
     complained = session.info.pop(_COMPLAINED, False)
+    erased = session.info.pop(_ERASED, set())
+    if erased:
+        # An erased address must not live on in the outbox, sent or waiting.
+        session.execute(delete(WebhookEvent).where(WebhookEvent.subscriber_id.in_(erased)))
+        seen = [h for h in seen if h.subscriber_id not in erased]
     if not seen:
         return
     # A complaint ends the subscription the way unsubscribing does: say which it was.
@@ -269,6 +278,7 @@ def _write_outbox(session: Session, now: datetime) -> None:
                         message_id="msg_" + uuid.uuid4().hex,
                         endpoint_id=endpoint.id,
                         event_type=happened.type,
+                        subscriber_id=happened.subscriber_id,
                         payload=body,
                         status="pending",
                         attempts=0,
@@ -285,6 +295,7 @@ def _forget(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
         session.info.pop(_COMPLAINED, None)
+        session.info.pop(_ERASED, None)
 
 
 def install(sessions: sessionmaker[Session], clock: Callable[[], datetime]) -> None:

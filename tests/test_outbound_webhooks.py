@@ -253,3 +253,23 @@ def test_an_endpoint_that_keeps_failing_is_disabled_after_about_a_day(
     with session_scope(services.sessions) as session:
         assert outbound.enable(session, endpoint_id)
     assert deliver(services) == {"delivered": 1}
+
+
+def test_erasing_a_subscription_deletes_its_events(
+    services: Services, receiver: Receiver, clock: FakeClock
+) -> None:
+    endpoint(services, receiver)
+    with session_scope(services.sessions) as session:
+        erased = sign_up(session, services, "ada@example.com", clock.now).subscriber_id
+        kept = sign_up(session, services, "bea@example.com", clock.now).subscriber_id
+    deliver(services)
+    with session_scope(services.sessions) as session:
+        found = session.get_one(Subscriber, erased)
+        assert drip.unsubscribe(session, found, keys=services.mailbox_keys, now=clock.now)
+        session.flush()
+        drip.forget(session, found, keys=services.mailbox_keys, now=clock.now)
+    with session_scope(services.sessions) as session:
+        left = session.scalars(select(WebhookEvent.subscriber_id)).all()
+        assert left == [kept]
+        assert "ada@example.com" not in " ".join(session.scalars(select(WebhookEvent.payload)))
+    assert deliver(services) == {}

@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(length=40), nullable=False),
         sa.Column("endpoint_id", sa.Integer(), nullable=False),
         sa.Column("event_type", sa.String(length=32), nullable=False),
+        sa.Column("subscriber_id", sa.Integer(), nullable=True),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -60,6 +61,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("message_id"),
     )
     op.create_index("ix_webhook_event_endpoint_id", "webhook_event", ["endpoint_id"])
+    op.create_index("ix_webhook_event_subscriber_id", "webhook_event", ["subscriber_id"])
     op.create_index("ix_webhook_event_status_next", "webhook_event", ["status", "next_attempt_at"])
     op.create_table(
         "webhook_attempt",
@@ -78,6 +80,7 @@ def downgrade() -> None:
     op.drop_index("ix_webhook_attempt_event_id", table_name="webhook_attempt")
     op.drop_table("webhook_attempt")
     op.drop_index("ix_webhook_event_status_next", table_name="webhook_event")
+    op.drop_index("ix_webhook_event_subscriber_id", table_name="webhook_event")
     op.drop_index("ix_webhook_event_endpoint_id", table_name="webhook_event")
     op.drop_table("webhook_event")
     op.drop_table("webhook_endpoint")
