@@ -13,7 +13,7 @@ from flask.cli import with_appcontext
 from redis.exceptions import RedisError
 from rich.progress import Progress
 
-from app import drip, importing, operators, store
+from app import apitokens, drip, importing, operators, store
 from app.bounces import BounceSourceError, ImapMailbox, apply_letters, from_maildir, from_mbox
 from app.config import ConfigError
 from app.db import current_revision, migrate, session_scope
@@ -219,6 +219,28 @@ def export_subscribers_command(status: str | None, step: int | None, output: Pat
         return
     with output.open("w", newline="", encoding="utf-8") as target:
         target.writelines(lines)
+
+
+@admin_group.command("token")
+@click.argument("label")
+@click.option("--scope", type=click.Choice(["read", "write"]), default="read", show_default=True)
+@click.option("--operator", "operator_email", required=True, help="The operator it acts for.")
+@with_appcontext
+def admin_token_command(label: str, scope: str, operator_email: str) -> None:
+    """Make an API token for /api/v1; it is printed once and never stored."""
+    services: Services = current_app.extensions["onward"]
+    address = operators.operator_address(operator_email)
+    try:
+        with session_scope(services.sessions) as session:
+            if address is None or not operators.operator_exists(session, address):
+                raise click.ClickException(f"there is no operator {operator_email}")
+            _row, token = apitokens.create_token(
+                session, label, scope, operator_email=address, now=services.clock()
+            )
+    except apitokens.TokenError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"API token {label!r} ({scope}); copy it now, it is not shown again:")
+    click.echo(token)
 
 
 def init_app(app: Flask) -> None:

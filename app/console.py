@@ -435,3 +435,28 @@ def sent_last_minute(session: Session, *, now: datetime) -> int:
         )
         or 0
     )
+
+
+def subscribers_before(
+    session: Session,
+    *,
+    query: str = "",
+    status: SubscriberStatus | None = None,
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> list[Subscriber]:
+    """Up to `limit` subscriptions whose address contains `query`, newest first, with ids
+    below `before_id`: keyset pages, which stay fast and stable while rows are added."""
+    condition = []
+    text = query.strip().lower()
+    if text:
+        condition.append(Subscriber.email.contains(text, autoescape=True))
+    if status is not None:
+        condition.append(Subscriber.status == status)
+    if before_id is not None:
+        condition.append(Subscriber.id < before_id)
+    return list(
+        session.scalars(
+            select(Subscriber).where(*condition).order_by(Subscriber.id.desc()).limit(limit)
+        )
+    )

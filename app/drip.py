@@ -1241,3 +1241,58 @@ def imported_state(
     elif status in ENDED_STATUSES:
         state["ended_at"] = now
     return state
+
+
+def subscribe_confirmed(
+    session: Session,
+    email: str,
+    *,
+    first_name: str = "",
+    time_zone: str | None = None,
+    source: str,
+    wording: str,
+    consented_at: datetime,
+    now: datetime,
+) -> SubscribeResult:
+    """Add an (already normalised) address whose consent was given elsewhere: active, step 1
+    due now, with no confirmation email. A live subscription of the address is left as it is.
+
+    The suppression list still applies when step 1 is sent.
+    """
+    if time_zone is not None:
+        check_time_zone(time_zone)
+    live = session.scalar(
+        select(Subscriber).where(
+            Subscriber.email == email, Subscriber.status.not_in(ENDED_STATUSES)
+        )
+    )
+    if live is not None:
+        return SubscribeResult(SubscribeOutcome.UNCHANGED, live.id)
+    subscriber = Subscriber(
+        email=email,
+        first_name=clean_name(first_name),
+        time_zone=time_zone,
+        status=S.ACTIVE,
+        next_step=1,
+        created_at=now,
+        confirmations_requested=0,
+        consent=Consent(
+            source=source,
+            wording=wording,
+            requested_at=consented_at,
+            confirmed_at=consented_at,
+        ),
+    )
+    _send_at_once(subscriber, now)
+    try:
+        with session.begin_nested():
+            session.add(subscriber)
+    except IntegrityError:
+        # Another request added the same address at the same moment.
+        live = session.scalars(
+            select(Subscriber).where(
+                Subscriber.email == email, Subscriber.status.not_in(ENDED_STATUSES)
+            )
+        ).one()
+        return SubscribeResult(SubscribeOutcome.UNCHANGED, live.id)
+    return SubscribeResult(SubscribeOutcome.CREATED, subscriber.id)

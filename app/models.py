@@ -6,7 +6,17 @@ import secrets
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
@@ -349,3 +359,94 @@ class Click(Base):
     template: Mapped[str] = mapped_column(String(64))
     link: Mapped[str] = mapped_column(String(500))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiScope(StrEnum):
+    """What an API token may do: read only, or read and change."""
+
+    READ = "read"
+    WRITE = "write"
+
+
+class ApiToken(Base):
+    """A bearer token for the admin API at /api/v1 (`flask admin token` or the console).
+
+    Only the SHA-256 of the token is kept: the token is 32 random bytes, so its hash
+    cannot be reversed by guessing, and a copy of this table lets nobody in.
+    """
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[ApiScope] = mapped_column(String(8))
+    #: Who made it, kept as an address so the token's audit entries outlive the account.
+    operator_email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookEndpoint(Base):
+    """A URL that receives signed event notifications (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoint"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    #: `whsec_` and the base64 of the signing key.
+    secret: Mapped[str] = mapped_column(String(100))
+    #: The event types it receives, comma-separated.
+    events: Mapped[str] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Why it was disabled (shown in the console), or NULL.
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    @property
+    def event_types(self) -> list[str]:
+        """The event types this endpoint receives."""
+        return [name for name in self.events.split(",") if name]
+
+
+class WebhookEvent(Base):
+    """The outbox: one event for one endpoint, delivered at least once, same id every try."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (Index("ix_webhook_event_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The `webhook-id` header: the receiver's key for ignoring duplicates.
+    message_id: Mapped[str] = mapped_column(String(40), unique=True)
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), index=True
+    )
+    event_type: Mapped[str] = mapped_column(String(32))
+    #: Not a foreign key: erasing the subscription deletes its events by this id (their
+    #: bodies hold the address), and a delivered event's row is not the subscription's.
+    subscriber_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    #: The JSON body, fixed when the event happened (the signature covers these bytes).
+    payload: Mapped[str] = mapped_column(Text)
+    #: pending, delivered or failed.
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    endpoint: Mapped[WebhookEndpoint] = relationship()
+
+
+class WebhookAttempt(Base):
+    """One try at delivering an event: what the endpoint answered, or what went wrong."""
+
+    __tablename__ = "webhook_attempt"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_event.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -35,6 +36,15 @@ def _unknown_operator_hash() -> str:
     Made on first use, not at import: every process imports this module, few sign anyone in.
     """
     return _hasher.hash(secrets.token_urlsafe(24))
+
+
+class Actor(Protocol):
+    """Whoever takes an action: an operator, or an API token acting for one."""
+
+    @property
+    def email(self) -> str:
+        """The name the audit log keeps."""
+        ...
 
 
 class OperatorError(ValueError):
@@ -68,6 +78,11 @@ def create_operator(session: Session, email: str, password: str, *, now: datetim
     except IntegrityError:
         raise OperatorError(f"an operator {address} already exists") from None
     return operator
+
+
+def operator_exists(session: Session, address: str) -> bool:
+    """Whether an operator signs in with this (canonical) address."""
+    return session.scalar(select(Operator.id).where(Operator.email == address)) is not None
 
 
 def authenticate(session: Session, email: str, password: str, *, now: datetime) -> Operator | None:
@@ -129,7 +144,7 @@ def close_session(session: Session, token: str) -> None:
 
 def record(
     session: Session,
-    operator: Operator,
+    operator: Actor,
     action: str,
     *,
     subscriber_id: int | None,
@@ -154,7 +169,7 @@ ACTIONS = ("pause", "resume", "unsubscribe", "send-now", "erase")
 
 def act(
     session: Session,
-    operator: Operator,
+    operator: Actor,
     subscriber: Subscriber,
     action: str,
     *,

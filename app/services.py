@@ -46,8 +46,12 @@ class Services:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        """The session factory."""
-        return make_sessionmaker(self.engine)
+        """The session factory; its sessions write webhook events to the outbox as they commit."""
+        from app import outbound
+
+        maker = make_sessionmaker(self.engine)
+        outbound.install(maker, self.clock)
+        return maker
 
     @cached_property
     def redis(self) -> Redis:

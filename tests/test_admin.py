@@ -53,7 +53,14 @@ S = SubscriberStatus
 
 def sample_url(rule: Any) -> str:
     """A URL for `rule` with a plausible value for each of its arguments."""
-    values = {"subscriber_id": 1, "action": "pause", "name": "step-01", "import_id": "0123abcd"}
+    values = {
+        "subscriber_id": 1,
+        "action": "pause",
+        "name": "step-01",
+        "token_id": 1,
+        "endpoint_id": 1,
+        "import_id": "0123abcd",
+    }
     return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", lambda m: str(values[m.group(1)]), rule.rule)
 
 

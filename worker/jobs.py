@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from app import outbound
 from app.import_jobs import run as run_import
 from app.sending import send_batch as send_batch_for
 from app.services import Services
@@ -45,3 +46,12 @@ def process_signup(request_id: int) -> str:
 def import_subscribers(import_id: str) -> dict[str, object]:
     """Run an import uploaded in the console, recording its progress for the console's page."""
     return run_import(services(), import_id)
+
+
+def deliver_webhooks() -> dict[str, int]:
+    """Deliver the webhook events due now; return counts by outcome."""
+    svc = services()
+    report = outbound.deliver_due(svc.sessions, clock=svc.clock)
+    if report:
+        log.info("webhooks: %s", report)
+    return report

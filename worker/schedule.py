@@ -17,7 +17,7 @@ from types import FrameType
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import drip, figures
+from app import drip, figures, outbound
 from app.checks import start_process
 from app.config import ConfigError
 from app.db import session_scope
@@ -45,8 +45,36 @@ def tick(services: Services) -> int:
     if signups:
         log.info("queued %d sign-ups left waiting", signups)
     queued = dispatch(services, now=services.clock())
+    queue_webhooks(services)
     record_tick(services, time.monotonic() - started)
     return queued
+
+
+#: The one webhook delivery job: a tick never queues a second while one waits or runs.
+WEBHOOK_JOB_ID = "deliver-webhooks"
+
+
+def queue_webhooks(services: Services) -> bool:
+    """Queue the webhook delivery job if events are due and it is not already queued."""
+    with session_scope(services.sessions) as session:
+        due = outbound.due_count(session, now=services.clock())
+    if not due:
+        return False
+    queue = services.queue
+    existing = queue.fetch_job(WEBHOOK_JOB_ID)
+    if existing is not None:
+        if existing.get_status(refresh=False) in ("queued", "started", "deferred", "scheduled"):
+            return False
+        existing.delete()
+    queue.enqueue(
+        "worker.jobs.deliver_webhooks",
+        job_id=WEBHOOK_JOB_ID,
+        # Each try of each event waits at most TIMEOUT_SECONDS.
+        job_timeout=outbound.BATCH * outbound.TIMEOUT_SECONDS + 60,
+        result_ttl=0,
+        description=f"deliver {due} webhook events",
+    )
+    return True
 
 
 def check_window_volume(services: Services) -> tuple[int, int] | None:

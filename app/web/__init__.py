@@ -56,12 +56,26 @@ def _error(status: int, title: str, message: str) -> tuple[Response | str, int]:
 
 def init_app(app: Flask) -> None:
     """Register blueprints and the error pages."""
-    from app.web import admin, api, clicks, dev, health, links, metrics, pages, reading, webhooks
+    from app.web import (
+        admin,
+        api,
+        apiv1,
+        clicks,
+        dev,
+        health,
+        links,
+        metrics,
+        openapi,
+        pages,
+        reading,
+        webhooks,
+    )
 
     csrf.init_app(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(links.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(apiv1.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(reading.bp)
     app.register_blueprint(webhooks.bp)
@@ -72,9 +86,11 @@ def init_app(app: Flask) -> None:
     # cross-site form cannot send): neither needs a CSRF token.
     csrf.exempt(links.bp)
     csrf.exempt(api.bp)
+    csrf.exempt(apiv1.bp)  # bearer tokens, never cookies: nothing for a forged form to ride
     csrf.exempt(webhooks.bp)  # relays prove themselves by signature or basic auth
     # The console checks CSRF itself, after its session check (app/web/admin/auth.py).
     csrf.exempt(admin.bp)
+    openapi.init_app(app)
     if app.extensions["onward"].settings.dev_pages:
         app.register_blueprint(dev.bp)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel, Field
 
 from app import drip
+from app.web.openapi import responses, spec
 from app.web.pages import sign_up
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -14,11 +16,35 @@ ACCEPTED_MESSAGE = (
 )
 
 
+class SignUp(BaseModel):
+    """A sign-up."""
+
+    email: str = Field(
+        description="The address that receives the course.", json_schema_extra={"format": "email"}
+    )
+    first_name: str | None = Field(None, description="Optional; used in the emails.")
+    time_zone: str | None = Field(None, description="An IANA name; default DEFAULT_TIME_ZONE.")
+
+
+class Accepted(BaseModel):
+    """The one answer to every accepted sign-up, whether the address was new or known."""
+
+    status: str = Field(description="Always accepted.")
+    message: str
+
+
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify(error={"code": code, "message": message}), status
 
 
 @bp.post("/subscribe")
+# The view checks its body itself (its error codes predate the OpenAPI document).
+@spec.validate(
+    json=SignUp,
+    resp=responses(400, 415, 429, 503, HTTP_202=Accepted),
+    tags=["Sign-up (public)"],
+    skip_validation=True,
+)
 def subscribe() -> tuple[Response, int]:
     """Sign up `{"email": ..., "first_name": ..., "time_zone": ...}`: 202, or 400 if invalid.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.web.admin import views
+from app.web.admin import integrations, views
 from app.web.admin.auth import bp
 
-__all__ = ["bp", "views"]
+__all__ = ["bp", "integrations", "views"]
