@@ -34,6 +34,7 @@ from app.models import (
     SubscriberStatus,
     Suppression,
     SuppressionReason,
+    WebhookEvent,
 )
 
 
@@ -336,7 +337,20 @@ def waiting_signup_requests(session: Session, *, before: datetime, limit: int) -
 
 def erase_address(session: Session, email: str) -> int:
     """Delete every subscription (with its consent and ledger) and sign-up request of an
-    address; return how many subscriptions went."""
+    address; return how many subscriptions went.
+
+    Its webhook events go too (their bodies name the address); clicks and the rest
+    follow their subscription through the foreign keys' ON DELETE CASCADE.
+    """
+    session.execute(
+        delete(WebhookEvent)
+        .where(
+            WebhookEvent.subscriber_id.in_(
+                select(Subscriber.id).where(Subscriber.email == email).scalar_subquery()
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
     gone = session.execute(
         delete(Subscriber)
         .where(Subscriber.email == email)

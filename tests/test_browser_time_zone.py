@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 
 from app import timing
 from app.services import Services
-from tests.support import free_port
+from tests.support import free_port, run_worker
 from tests.test_web import subscribers
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -82,5 +82,6 @@ def test_the_form_sends_the_browsers_time_zone(
     browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     WebDriverWait(browser, 10).until(lambda driver: "/subscribe" in driver.current_url)
     assert "Check your inbox" in browser.page_source
+    run_worker(services)  # decides the recorded sign-up
     [subscriber] = subscribers(services, "ada@example.com")
     assert subscriber.time_zone == sent

@@ -46,7 +46,7 @@ SETTINGS = Settings(
 SUBSCRIBER_KEY = "xO2bW3Zy0aQ8vO-bKe_gFw"  # the shape of models.new_key()
 COURSE = load_course(SETTINGS.emails_dir)
 STEPS = [step.template for step in COURSE.steps]
-EMAILS = [COURSE.confirmation_template, *STEPS]
+EMAILS = [COURSE.confirmation_template, *STEPS, "notice"]
 #: The variant that must score worse than the real email (see the last test).
 SPAMMY = "step-01, spammy"
 SPAMMY_SUBJECT = "FREE!!! ACT NOW!!! 100% FREE COURSE, CLICK HERE!!!"
@@ -76,11 +76,8 @@ def wire_bytes(message: EmailMessage) -> bytes:
 
 def outgoing_message(services: Services, name: str) -> EmailMessage:
     """One email built the way app/sending.py builds it, for Ada."""
-    kind, number = (
-        (EmailKind.CONFIRMATION, 1)
-        if name == "confirmation"
-        else (EmailKind.STEP, STEPS.index(name) + 1)
-    )
+    kinds = {"confirmation": (EmailKind.CONFIRMATION, 1), "notice": (EmailKind.NOTICE, 1)}
+    kind, number = kinds.get(name) or (EmailKind.STEP, STEPS.index(name) + 1)
     recipient = Recipient(
         email="ada@example.com",
         first_name="Ada",

@@ -68,8 +68,11 @@ def screenshot(chromium: str, html_file: Path, png: Path, size: tuple[int, int])
 
 def subscriber_pages(folder: Path) -> Iterator[tuple[str, str]]:
     """Each public page as (name, HTML), rendered by the app for a made-up subscriber, Ada."""
-    from app import create_app
+    from sqlalchemy import select
+
+    from app import create_app, drip
     from app.db import migrate, session_scope
+    from app.models import SignupRequest
     from app.store import subscriber_by_email
 
     services = Services(
@@ -90,6 +93,13 @@ def subscriber_pages(folder: Path) -> Iterator[tuple[str, str]]:
         inbox = client.post("/subscribe", data={"email": "ada@gmial.com", "first_name": "Ada"})
         yield "check-inbox", inbox.get_data(as_text=True)
         client.post("/subscribe", data={"email": "ada@example.com", "first_name": "Ada"})
+        with session_scope(services.sessions) as session:
+            # Decide the recorded sign-up as its job would (nothing is sent from here).
+            request_id = session.scalar(
+                select(SignupRequest.id).where(SignupRequest.email == "ada@example.com")
+            )
+            assert request_id is not None
+            drip.take_signup(session, request_id, policy=services.policy, now=services.clock())
         with session_scope(services.sessions) as session:
             subscriber = subscriber_by_email(session, "ada@example.com")
             assert subscriber is not None
