@@ -29,7 +29,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.services import Services
-from tests.support import free_port
+from tests.support import free_port, run_worker
 from tests.test_browser_time_zone import CHROMEDRIVER, CHROMIUM
 from tests.test_web import consent_of, subscribers
 
@@ -137,5 +137,6 @@ def test_the_form_signs_up_over_https_behind_a_proxy(
     browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     WebDriverWait(browser, 10).until(lambda driver: "/subscribe" in driver.current_url)
     assert "Check your inbox" in browser.page_source, browser.page_source
+    run_worker(services)  # decides the recorded sign-up
     assert len(subscribers(services, "ada@example.com")) == 1
     assert consent_of(services, "ada@example.com").ip == "127.0.0.1"
