@@ -16,7 +16,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from email_validator import EmailNotValidError, EmailUndeliverableError, validate_email
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -669,17 +669,7 @@ def _suppression_blocks(session: Session, mailbox_hash: str, confirmed_at: datet
 
 def forget_unconfirmed(session: Session, *, now: datetime) -> int:
     """Erase sign-ups never confirmed within FORGET_UNCONFIRMED_AFTER; return how many."""
-    # One DELETE (the database cascades to consent and ledger rows), so two
-    # schedulers doing this at once simply find nothing left the second time.
-    result = session.execute(
-        delete(Subscriber)
-        .where(
-            Subscriber.status == S.PENDING,
-            Subscriber.confirmation_requested_at < now - FORGET_UNCONFIRMED_AFTER,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return store.erase_unconfirmed(session, requested_before=now - FORGET_UNCONFIRMED_AFTER)
 
 
 def window_volume(

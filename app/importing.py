@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import drip, store, timing
+from app import drip, outbound, store, timing
 from app.db import session_scope
 from app.models import ENDED_STATUSES, Consent, Subscriber, SubscriberStatus, new_key
 
@@ -382,6 +382,15 @@ def _apply(
                     store.insert_subscriptions(
                         session, [r.subscriber for r in new], [r.consent for r in new]
                     )
+                    for row in new:
+                        # Bulk rows bypass the session's change tracking: say so ourselves.
+                        outbound.note(
+                            session,
+                            "subscribed",
+                            subscriber_id=cast(int, row.consent["subscriber_id"]),
+                            email=row.email,
+                            status=str(row.status),
+                        )
         except IntegrityError:
             # Someone signed up with an address of this chunk meanwhile: look again.
             if attempt == 2:

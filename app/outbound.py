@@ -178,6 +178,12 @@ class Happened:
     step: int | None
 
 
+def note(session: Session, kind: str, *, subscriber_id: int, email: str, status: str) -> None:
+    """Tell the endpoints that `kind` happened to a subscription written in bulk (an
+    import), which the session's own change tracking does not see; sent at commit."""
+    _seen(session).append(Happened(kind, subscriber_id, email, status, None))
+
+
 def _seen(session: Session) -> list[Happened]:
     found: list[Happened] = session.info.setdefault(_PENDING, [])
     return found

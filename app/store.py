@@ -379,6 +379,34 @@ def erase_address(session: Session, email: str) -> int:
     return int(gone.rowcount)  # type: ignore[attr-defined]
 
 
+def erase_unconfirmed(session: Session, *, requested_before: datetime) -> int:
+    """Delete the pending subscriptions whose confirmation was asked for before then, with
+    their webhook events (their bodies name the address); return how many went.
+
+    One DELETE each (the database cascades to consent and ledger rows), so two
+    schedulers doing this at once simply find nothing left the second time.
+    """
+    never_confirmed = (
+        select(Subscriber.id)
+        .where(
+            Subscriber.status == SubscriberStatus.PENDING,
+            Subscriber.confirmation_requested_at < requested_before,
+        )
+        .scalar_subquery()
+    )
+    session.execute(
+        delete(WebhookEvent)
+        .where(WebhookEvent.subscriber_id.in_(never_confirmed))
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(
+        delete(Subscriber)
+        .where(Subscriber.id.in_(never_confirmed))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def add_mail_event(session: Session, event: MailEvent) -> bool:
     """Record a report about a sent email; False if the same (source, event id) was recorded."""
     try:

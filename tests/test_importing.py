@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from flask import Flask
 from sqlalchemy import func, select
 
-from app import store
+from app import outbound, store
 from app.db import session_scope
 from app.importing import COLUMNS
-from app.models import Consent, Subscriber, SubscriberStatus, SuppressionReason
+from app.models import Consent, Subscriber, SubscriberStatus, SuppressionReason, WebhookEvent
 from app.sending import dispatch
 from app.services import Services
 from tests.admin_support import HTTPS, form_token, referer, seed_course, signed_in
@@ -290,3 +291,39 @@ def test_console_import_and_export_need_a_session(app: Flask, services: Services
     )
     assert refused.status_code in (302, 400)
     assert count(services) == 0
+
+
+def test_imported_people_reach_webhook_endpoints_as_subscribed(
+    app: Flask, services: Services, tmp_path: Path
+) -> None:
+    with session_scope(services.sessions) as session:
+        outbound.create_endpoint(
+            session, "https://crm.example/hook", ["subscribed"], now=services.clock()
+        )
+    people = write_csv(
+        tmp_path / "people.csv", ["email"], [["ada@example.com"], ["bo@example.com"]]
+    )
+    run(app, "subscribers", "import", str(people))
+    with session_scope(services.sessions) as session:
+        events = session.scalars(select(WebhookEvent).order_by(WebhookEvent.id)).all()
+        bodies = [json.loads(event.payload) for event in events]
+        ids = {
+            email: subscriber_id
+            for email, subscriber_id in session.execute(select(Subscriber.email, Subscriber.id))
+        }
+    assert [(b["type"], b["data"]["email"], b["data"]["status"]) for b in bodies] == [
+        ("subscribed", "ada@example.com", "pending"),
+        ("subscribed", "bo@example.com", "pending"),
+    ]
+    assert [b["data"]["subscriber_id"] for b in bodies] == [
+        ids["ada@example.com"],
+        ids["bo@example.com"],
+    ]
+    # A second import adds nobody, and so tells nobody.
+    run(app, "subscribers", "import", str(people))
+    assert count_events(services) == 2
+
+
+def count_events(services: Services) -> int:
+    with session_scope(services.sessions) as session:
+        return int(session.scalar(select(func.count()).select_from(WebhookEvent)) or 0)
