@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from enum import StrEnum
 
 from sqlalchemy import (
     ColumnElement,
@@ -33,6 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from app.db import UTCDateTime
 from app.models import (
     ENDED_STATUSES,
     Click,
@@ -603,28 +603,31 @@ def insert_subscriptions(
 
 
 def _copy_rows(connection: Connection, table: Table, rows: list[dict[str, object]]) -> None:
-    """Write rows into a PostgreSQL table with COPY, stored as the models store them.
+    """Write rows (dicts with the same keys) into a PostgreSQL table with COPY, stored as
+    the models store them.
 
     COPY skips SQLAlchemy's type processing, so its one rule that changes a value is
     applied here: datetimes go in as naive UTC (see app/db.py's UTCDateTime).
     """
-    columns = list(dict.fromkeys(name for row in rows for name in row))
+    columns = list(rows[0])
     for name in columns:
         if name not in table.c:
             raise ValueError(f"{table.name} has no column {name!r}")
+    moments = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, UTCDateTime)]
     driver = connection.connection.driver_connection
     assert driver is not None, "a pooled connection always has its driver connection"
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     with driver.cursor() as cursor, cursor.copy(statement) as copy:
         for row in rows:
-            copy.write_row([_stored(row.get(name)) for name in columns])
+            values = [row[name] for name in columns]
+            for i in moments:
+                values[i] = _naive_utc(values[i])
+            copy.write_row(values)
 
 
-def _stored(value: object) -> object:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given: Onward stores aware UTC datetimes only")
-        return value.astimezone(UTC).replace(tzinfo=None)
-    if isinstance(value, StrEnum):
-        return str(value)
-    return value
+def _naive_utc(value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError("Onward stores aware UTC datetimes only")
+    return value.astimezone(UTC).replace(tzinfo=None)
