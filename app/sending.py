@@ -16,8 +16,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
+from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
+from rq.results import Result
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import drip, store, timing
@@ -122,6 +124,30 @@ def _enqueue(services: Services, claim: store.Claim) -> None:
     )
 
 
+def discard_job(job: Job, pipeline: Pipeline | None = None) -> None:
+    """Delete a job that will not run (finished, failed, or its worker died), so its id can
+    be queued again.
+
+    rq 3 reads every execution record of the job to delete it, and raises ValueError when
+    the record of a worker killed mid-job has expired already: the job's keys are then
+    deleted directly (`Job.delete` took it out of its registries before it raised).
+    """
+    try:
+        job.delete(pipeline=pipeline)
+    except ValueError as error:
+        log.info(
+            "job %s: its killed worker's record is gone (%s); deleting its keys", job.id, error
+        )
+        connection = pipeline if pipeline is not None else job.connection
+        connection.delete(
+            job.key,
+            job.dependents_key,
+            job.dependencies_key,
+            job.execution_registry.key,
+            Result.get_key(job.id),  # type: ignore[no-untyped-call]
+        )
+
+
 def enqueue_once(
     services: Services, function: str, argument: object, *, job_id: str, description: str
 ) -> None:
@@ -131,7 +157,7 @@ def enqueue_once(
     if existing is not None:
         if existing.get_status(refresh=False) in _WILL_RUN:
             return
-        existing.delete()
+        discard_job(existing)
     queue.enqueue(
         function,
         argument,

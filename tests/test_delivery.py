@@ -247,6 +247,26 @@ def test_the_batch_of_a_worker_killed_mid_job_is_queued_again_after_its_lease(
     ]
 
 
+def test_a_killed_workers_job_whose_execution_record_expired_is_queued_again(
+    services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    active_subscriber(services, "ada@example.com", clock.now)
+    tick(services)
+    [job] = services.queue.jobs
+    services.queue.remove(job)
+    job.set_status(JobStatus.STARTED)
+    # The killed worker's execution is still listed for the job, but its record has
+    # expired: rq's own Job.delete() raises ValueError on it (it crashed the scheduler).
+    services.redis.zadd(job.execution_registry.key, {"gone-execution": time.time() + 3600})
+    with pytest.raises(ValueError, match="not found in Redis"):
+        services.queue.fetch_job(job.id).delete()  # type: ignore[union-attr]
+    clock.advance(services.settings.claim_lease)
+    assert tick(services) == 1
+    assert services.queue.job_ids == [job.id]
+    run_worker(services)
+    assert len(smtp.to("ada@example.com")) == 1
+
+
 def test_after_a_crash_nothing_stays_claimed_longer_than_one_lease(
     services: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
