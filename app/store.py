@@ -20,7 +20,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
-    insert,
     or_,
     select,
     update,
@@ -574,21 +573,17 @@ def insert_subscriptions(
 ) -> None:
     """Insert subscriptions and their consent records (the same order) in bulk.
 
-    Not ORM bulk inserts (those split the rows into groups by which values are NULL):
+    Straight to the driver: not ORM bulk inserts (they split the rows by which values
+    are NULL), nor Core's executemany (it processes every row's parameters in Python).
     PostgreSQL takes the rows through COPY, in the session's transaction; SQLite, a
-    library in this process, an executemany. The new ids are read back by key in one
-    query, since RETURNING with many rows goes row by row on SQLite.
+    library in this process, one executemany. The new ids are read back by key.
     """
     if not subscribers:
         return
     table, consent_table = Subscriber.__table__, Consent.__table__
     assert isinstance(table, Table) and isinstance(consent_table, Table)
     connection = session.connection()
-    copy = connection.dialect.name == "postgresql"
-    if copy:
-        _copy_rows(connection, table, subscribers)
-    else:
-        connection.execute(insert(table), subscribers)
+    _write_rows(connection, table, subscribers)
     keys = [str(row["key"]) for row in subscribers]
     found = session.execute(
         select(Subscriber.key, Subscriber.id).where(_among(session, Subscriber.key, keys))
@@ -596,18 +591,16 @@ def insert_subscriptions(
     ids = {key: subscriber_id for key, subscriber_id in found}
     for key, consent in zip(keys, consents, strict=True):
         consent["subscriber_id"] = ids[key]
-    if copy:
-        _copy_rows(connection, consent_table, consents)
-    else:
-        connection.execute(insert(consent_table), consents)
+    _write_rows(connection, consent_table, consents)
 
 
-def _copy_rows(connection: Connection, table: Table, rows: list[dict[str, object]]) -> None:
-    """Write rows (dicts with the same keys) into a PostgreSQL table with COPY, stored as
+def _write_rows(connection: Connection, table: Table, rows: list[dict[str, object]]) -> None:
+    """Write rows (dicts with the same keys) into a table through the driver, stored as
     the models store them.
 
-    COPY skips SQLAlchemy's type processing, so its one rule that changes a value is
-    applied here: datetimes go in as naive UTC (see app/db.py's UTCDateTime).
+    This skips SQLAlchemy's type processing, so its one rule that changes a value is
+    applied here: datetimes go in as naive UTC (app/db.py's UTCDateTime), and on SQLite,
+    which has no datetime type, as the text SQLAlchemy itself writes and reads back.
     """
     columns = list(rows[0])
     for name in columns:
@@ -616,18 +609,37 @@ def _copy_rows(connection: Connection, table: Table, rows: list[dict[str, object
     moments = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, UTCDateTime)]
     driver = connection.connection.driver_connection
     assert driver is not None, "a pooled connection always has its driver connection"
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            values = [row[name] for name in columns]
-            for i in moments:
-                values[i] = _naive_utc(values[i])
-            copy.write_row(values)
+    names = ", ".join(columns)
+    as_text = connection.dialect.name != "postgresql"
+
+    def values(row: dict[str, object]) -> list[object]:
+        found = [row[name] for name in columns]
+        for i in moments:
+            found[i] = _naive_utc(found[i], as_text=as_text)
+        return found
+
+    if not as_text:
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(values(row))
+        return
+    marks = ", ".join("?" for _ in columns)
+    cursor = driver.cursor()
+    try:
+        cursor.executemany(
+            f"INSERT INTO {table.name} ({names}) VALUES ({marks})", [values(r) for r in rows]
+        )
+    finally:
+        cursor.close()
 
 
-def _naive_utc(value: object) -> object:
+def _naive_utc(value: object, *, as_text: bool) -> object:
     if value is None:
         return None
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError("Onward stores aware UTC datetimes only")
-    return value.astimezone(UTC).replace(tzinfo=None)
+    naive = value.astimezone(UTC).replace(tzinfo=None)
+    return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if as_text else naive
