@@ -263,6 +263,8 @@ def _write_outbox(session: Session, now: datetime) -> None:
     # A disabled endpoint still collects its events: enabled again, it gets them all.
     with session.no_autoflush:
         live = session.scalars(select(WebhookEndpoint)).all()
+    if not live:
+        return
     for happened in seen:
         body = json.dumps(
             {

@@ -642,4 +642,4 @@ def _naive_utc(value: object, *, as_text: bool) -> object:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError("Onward stores aware UTC datetimes only")
     naive = value.astimezone(UTC).replace(tzinfo=None)
-    return naive.strftime("%Y-%m-%d %H:%M:%S.%f") if as_text else naive
+    return naive.isoformat(" ", "microseconds") if as_text else naive
