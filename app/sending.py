@@ -50,6 +50,8 @@ _WILL_RUN = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 RECORD_TIME_SHARE = 0.5
 RECORD_FIRST_DELAY = 0.1
 RECORD_MAX_DELAY = 5.0
+#: Emails begun in the ledger in one transaction, then sent, then recorded in one.
+SEND_CHUNK = 100
 #: How long "this template is broken" is remembered, so it is logged once, not per email.
 BROKEN_TEMPLATE_REPORT_TTL = 3600
 
@@ -147,9 +149,10 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
     """Send each listed subscription its due email over one SMTP connection.
 
     The batch's claims are renewed when it starts; a subscription whose claim
-    lapsed before then is left alone (it may be queued elsewhere). Each email is
-    written to the ledger before it is handed to the relay and marked sent right
-    after, so a retry or a second worker never sends it twice.
+    lapsed before then is left alone (it may be queued elsewhere). Emails go in
+    chunks: each chunk is written to the ledger in one transaction before any of
+    it is handed to the relay, and what the relay accepted is marked sent in one
+    transaction right after, so a retry or a second worker never sends it twice.
     """
     report = BatchReport()
     settings = services.settings
@@ -170,16 +173,12 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 _hand_back(services, pending, retry_at)
                 report.add("waiting", len(pending))
                 break
-            subscriber_id = pending.pop(0)
-            probe = gate == Gate.PROBE
-            try:
-                outcome = _send_one(services, mailer, subscriber_id, now, probe=probe)
-            finally:
-                if probe:
-                    services.breaker.end_probe()
-            report.add(outcome.name)
-            if outcome.stop:
-                _hand_back(services, pending, outcome.retry_at)
+            # A probe is one email: the relay is being tried again after an outage.
+            size = 1 if gate == Gate.PROBE else SEND_CHUNK
+            chunk, pending = pending[:size], pending[size:]
+            stop = _send_chunk(services, mailer, chunk, now, report, probe=gate == Gate.PROBE)
+            if stop is not None:
+                _hand_back(services, pending, stop.retry_at)
                 report.add("waiting", len(pending))
                 break
     return report
@@ -194,23 +193,63 @@ class Outcome:
     retry_at: datetime | None = None
 
 
-def _send_one(
-    services: Services, mailer: SmtpMailer, subscriber_id: int, now: datetime, *, probe: bool
-) -> Outcome:
-    """Send one subscription its due email; whatever goes wrong stays with this email."""
+def _send_chunk(
+    services: Services,
+    mailer: SmtpMailer,
+    subscriber_ids: list[int],
+    now: datetime,
+    report: BatchReport,
+    *,
+    probe: bool,
+) -> Outcome | None:
+    """Begin, send and record one chunk; return the outcome that stops the batch, if one did.
+
+    Whatever was accepted is recorded even if something unexpected ends the chunk.
+    Emails begun but not handed over when the batch stops are given back at once.
+    """
     with session_scope(services.sessions) as session:
-        planned = drip.begin_delivery(
+        planned = drip.begin_deliveries(
             session,
-            subscriber_id,
+            subscriber_ids,
             policy=services.policy,
             keys=services.mailbox_keys,
             domain=services.sender.domain,
             now=now,
         )
-    if planned is None:
-        # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
-        # or held back by the suppression list or the confirmation cap.
-        return Outcome("skipped")
+    # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
+    # or held back by the suppression list or the confirmation cap.
+    report.add("skipped", len(subscriber_ids) - len(planned))
+    sent: list[int] = []
+    try:
+        for index, email in enumerate(planned):
+            try:
+                outcome = _send_one(services, mailer, email, now)
+            finally:
+                if probe:
+                    services.breaker.end_probe()
+            report.add(outcome.name)
+            if outcome.name == "sent":
+                sent.append(email.delivery_id)
+                if probe:
+                    services.breaker.succeeded()
+            if outcome.stop:
+                rest = planned[index + 1 :]
+                with session_scope(services.sessions) as session:
+                    drip.release_deliveries(session, [e.delivery_id for e in rest])
+                    store.release_claims(
+                        session, [e.subscriber_id for e in rest], retry_at=outcome.retry_at
+                    )
+                report.add("waiting", len(rest))
+                return outcome
+    finally:
+        _record_sent(services, sent, now)
+    return None
+
+
+def _send_one(
+    services: Services, mailer: SmtpMailer, planned: drip.PlannedEmail, now: datetime
+) -> Outcome:
+    """Send one begun email; whatever goes wrong stays with this email."""
     recipient = _recipient(services, planned, now)
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
@@ -239,9 +278,6 @@ def _send_one(
         return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
-    if probe:
-        services.breaker.succeeded()
-    _record_sent(services, planned.delivery_id, now)
     return Outcome("sent")
 
 
@@ -400,21 +436,23 @@ def next_step_when(planned: drip.PlannedEmail, now: datetime) -> str:
     return timing.describe(planned.next_step_at, now=now, zone=ZoneInfo(planned.time_zone))
 
 
-def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
-    """Mark one email sent, trying again while the database is away.
+def _record_sent(services: Services, delivery_ids: list[int], now: datetime) -> None:
+    """Mark these emails sent in one transaction, trying again while the database is away.
 
     The relay already has the email. Another worker takes a `sending` row over
     (and sends it again, same Message-ID) only after a whole claim lease, so
     recording keeps trying for RECORD_TIME_SHARE of the lease: a database
     restart or failover in that time sends nothing twice.
     """
+    if not delivery_ids:
+        return
     budget = services.settings.claim_lease.total_seconds() * RECORD_TIME_SHARE
     deadline = time.monotonic() + budget
     delay = RECORD_FIRST_DELAY
     while True:
         try:
             with session_scope(services.sessions) as session:
-                drip.finish_delivery(session, delivery_id, policy=services.policy, now=now)
+                drip.finish_deliveries(session, delivery_ids, policy=services.policy, now=now)
             return
         except SQLAlchemyError as error:
             if time.monotonic() + delay > deadline:
@@ -422,8 +460,8 @@ def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
                 # sent again with the same Message-ID (at least once, never lost).
                 raise
             log.warning(
-                "recording delivery %s as sent failed, retrying in %.1fs: %s",
-                delivery_id,
+                "recording %d deliveries as sent failed, retrying in %.1fs: %s",
+                len(delivery_ids),
                 delay,
                 error.__class__.__name__,
             )

@@ -12,11 +12,11 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy import Table, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from app.models import (
     ENDED_STATUSES,
@@ -131,6 +131,76 @@ def release_claims(session: Session, ids: list[int], *, retry_at: datetime | Non
 def lock_subscriber(session: Session, subscriber_id: int) -> Subscriber | None:
     """The subscription, locked for this transaction; None if it is gone."""
     return session.get(Subscriber, subscriber_id, with_for_update=True)
+
+
+def lock_subscribers(session: Session, ids: list[int]) -> list[Subscriber]:
+    """The subscriptions still there, locked for this transaction, with their consent records.
+
+    Locked in id order, so two transactions locking overlapping sets cannot deadlock.
+    """
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(Subscriber)
+            .where(Subscriber.id.in_(ids))
+            .order_by(Subscriber.id)
+            .options(selectinload(Subscriber.consent))
+            .with_for_update(of=Subscriber)
+        )
+    )
+
+
+def deliveries(session: Session, ids: list[int]) -> list[Delivery]:
+    """The ledger rows with these ids, in id order (one query)."""
+    if not ids:
+        return []
+    return list(session.scalars(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)))
+
+
+def ledger_rows(
+    session: Session, emails: list[tuple[int, EmailKind, int]]
+) -> dict[tuple[int, EmailKind, int], Delivery]:
+    """The ledger rows of these (subscriber, kind, number) emails that exist (one query)."""
+    if not emails:
+        return {}
+    rows = session.scalars(
+        select(Delivery).where(
+            tuple_(Delivery.subscriber_id, Delivery.kind, Delivery.number).in_(emails)
+        )
+    )
+    return {(row.subscriber_id, EmailKind(row.kind), row.number): row for row in rows}
+
+
+def add_ledger_rows(session: Session, rows: list[dict[str, object]]) -> dict[int, int]:
+    """Insert new ledger rows in one statement; return {subscriber id: row id} of those inserted.
+
+    A row another worker inserted first (same subscriber, kind and number) is left
+    out of the answer instead of failing the statement.
+    """
+    if not rows:
+        return {}
+    dialect = session.get_bind().dialect.name
+    build = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    inserted = session.execute(
+        build(Delivery)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(Delivery.subscriber_id, Delivery.id)
+    )
+    return {subscriber_id: row_id for subscriber_id, row_id in inserted}
+
+
+def suppressions_of(session: Session, mailbox_hashes: list[str]) -> dict[str, datetime]:
+    """When each of these mailboxes was last suppressed, for those on the list (one query)."""
+    if not mailbox_hashes:
+        return {}
+    rows = session.execute(
+        select(Suppression.mailbox_hash, Suppression.suppressed_at).where(
+            Suppression.mailbox_hash.in_(mailbox_hashes)
+        )
+    )
+    return {mailbox_hash: when for mailbox_hash, when in rows}
 
 
 def ledger_row(
