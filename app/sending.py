@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.utils import parseaddr
 from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
@@ -23,7 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import drip, store, timing
 from app.breaker import Gate
 from app.db import session_scope
-from app.emails import EmailTemplateError, Recipient, build_message, envelope_address, render
+from app.emails import (
+    EmailTemplateError,
+    Recipient,
+    build_message,
+    envelope_address,
+    render,
+    wire_message,
+)
 from app.failures import FailureClass
 from app.mailer import DeliveryFailure, SmtpMailer
 from app.services import Services
@@ -253,7 +261,7 @@ def _send_one(
     recipient = _recipient(services, planned, now)
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
-        message = build_message(rendered, services.sender, recipient, now=now)
+        message = wire_message(rendered, services.sender, recipient, now=now)
     except (TemplateError, EmailTemplateError) as error:
         # Our template or settings: never the subscriber's fault. The step waits
         # (without counting) until the template is fixed; reported once per template.
@@ -273,12 +281,18 @@ def _send_one(
         to = envelope_address(planned.email)
         if services.send_rate is not None:
             services.send_rate.wait()
-        mailer.send(message, to=to, envelope_from=services.return_path(planned.message_id))
+        envelope_from = services.return_path(planned.message_id) or _from_address(services)
+        mailer.send(message, to=to, envelope_from=envelope_from)
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
     return Outcome("sent")
+
+
+def _from_address(services: Services) -> str:
+    """The From address, the envelope sender when bounces need no return path of their own."""
+    return parseaddr(services.sender.mail_from)[1]
 
 
 def _recipient(services: Services, planned: drip.PlannedEmail, now: datetime) -> Recipient:
