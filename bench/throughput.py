@@ -33,7 +33,7 @@ from sqlalchemy import func, insert, select, text
 
 from app.config import Settings
 from app.db import migrate, session_scope, utcnow
-from app.emails import wire_message, render
+from app.emails import render, wire_message
 from app.models import Consent, Delivery, DeliveryStatus, Subscriber, SubscriberStatus
 from app.sending import dispatch
 from app.services import Services
@@ -147,7 +147,7 @@ def end_to_end(env: dict[str, str], count: int, workers: int) -> float:
     """Emails a second from due to recorded, with `workers` worker processes."""
     services = Services(Settings.from_env(env))
     seed(services, count)
-    services.queue.empty()
+    services.queue.empty()  # type: ignore[no-untyped-call]
     processes = [
         subprocess.Popen([sys.executable, "-m", "bench.throughput", "--serve"], env=env)
         for _ in range(workers)
