@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
 from redis.exceptions import RedisError
-from rq.job import JobStatus
+from rq import Queue
+from rq.job import Job, JobStatus
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import drip, store, timing
@@ -58,6 +59,8 @@ _WILL_RUN = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 RECORD_TIME_SHARE = 0.5
 RECORD_FIRST_DELAY = 0.1
 RECORD_MAX_DELAY = 5.0
+#: A tick claims up to this many batches in one statement.
+DISPATCH_BATCHES = 50
 #: Emails begun in the ledger in one transaction, then sent, then recorded in one.
 SEND_CHUNK = 100
 #: How long "this template is broken" is remembered, so it is logged once, not per email.
@@ -99,37 +102,58 @@ def dispatch(services: Services, *, now: datetime, ids: list[int] | None = None)
     """
     settings = services.settings
     queued = 0
+    # A tick claims many batches in one statement and queues them in one round trip.
+    limit = settings.batch_size if ids is not None else settings.batch_size * DISPATCH_BATCHES
     while True:
         with session_scope(services.sessions) as session:
-            claim = store.claim_due(
+            claims = store.claim_due_batches(
                 session,
                 now=now,
                 lease=settings.claim_lease,
-                limit=settings.batch_size,
+                limit=limit,
+                batch=settings.batch_size,
                 statuses=drip.SENDABLE,
                 ids=ids,
             )
-        if claim is None:
+        if not claims:
             return queued
         try:
-            _enqueue(services, claim)
+            _enqueue(services, claims)
         except RedisError:
             with session_scope(services.sessions) as session:
-                store.release_claims(session, claim.ids)
+                store.release_claims(session, [i for claim in claims for i in claim.ids])
             raise
-        queued += len(claim.ids)
-        if ids is not None or len(claim.ids) < settings.batch_size:
+        claimed = sum(len(claim.ids) for claim in claims)
+        queued += claimed
+        if ids is not None or claimed < limit:
             return queued
 
 
-def _enqueue(services: Services, claim: store.Claim) -> None:
-    enqueue_once(
-        services,
-        SEND_BATCH_JOB,
-        claim.ids,
-        job_id=batch_job_id(claim),
-        description=f"send {len(claim.ids)} due emails",
-    )
+def _enqueue(services: Services, claims: list[store.Claim]) -> None:
+    """Queue one batch job per claim, skipping those already queued to run (a lapse)."""
+    queue = services.queue
+    job_ids = [batch_job_id(claim) for claim in claims]
+    existing = Job.fetch_many(job_ids, connection=services.redis)
+    with services.redis.pipeline() as pipe:
+        fresh = []
+        for claim, job_id, job in zip(claims, job_ids, existing, strict=True):
+            if job is not None:
+                if job.get_status(refresh=False) in _WILL_RUN:
+                    continue
+                job.delete(pipeline=pipe)
+            fresh.append(
+                Queue.prepare_data(
+                    SEND_BATCH_JOB,
+                    (claim.ids,),
+                    job_id=job_id,
+                    timeout=JOB_TIMEOUT,
+                    result_ttl=JOB_RESULT_TTL,
+                    failure_ttl=JOB_FAILURE_TTL,
+                    description=f"send {len(claim.ids)} due emails",
+                )
+            )
+        queue.enqueue_many(fresh, pipeline=pipe)
+        pipe.execute()
 
 
 def enqueue_once(

@@ -61,6 +61,26 @@ def claim_due(
     The key depends only on which subscriptions and which due moments were
     claimed, so claiming the same work again (after a lapse) gives the same key.
     """
+    claims = claim_due_batches(
+        session, now=now, lease=lease, limit=limit, batch=limit, statuses=statuses, ids=ids
+    )
+    return claims[0] if claims else None
+
+
+def claim_due_batches(
+    session: Session,
+    *,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    batch: int,
+    statuses: tuple[SubscriberStatus, ...],
+    ids: list[int] | None = None,
+) -> list[Claim]:
+    """Claim up to `limit` due subscriptions in one statement, as claims of `batch` each.
+
+    Each claim's key is made as `claim_due` makes it, from its own subscriptions.
+    """
     due = (
         select(Subscriber.id)
         .where(
@@ -85,10 +105,14 @@ def claim_due(
             .execution_options(synchronize_session=False)
         ).all()
     )
-    if not rows:
-        return None
-    material = ",".join(f"{row.id}@{row.next_send_at.timestamp():.6f}" for row in rows)
-    return Claim([row.id for row in rows], hashlib.sha256(material.encode()).hexdigest()[:24])
+    claims = []
+    for start in range(0, len(rows), batch):
+        part = rows[start : start + batch]
+        material = ",".join(f"{row.id}@{row.next_send_at.timestamp():.6f}" for row in part)
+        claims.append(
+            Claim([row.id for row in part], hashlib.sha256(material.encode()).hexdigest()[:24])
+        )
+    return claims
 
 
 def start_claims(session: Session, ids: list[int], *, now: datetime, lease: timedelta) -> list[int]:
