@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
@@ -316,7 +317,12 @@ def _send_one(
 
 def _from_address(services: Services) -> str:
     """The From address, the envelope sender when bounces need no return path of their own."""
-    return parseaddr(services.sender.mail_from)[1]
+    return _address_of(services.sender.mail_from)
+
+
+@lru_cache(maxsize=16)
+def _address_of(mailbox: str) -> str:
+    return parseaddr(mailbox)[1]
 
 
 def _recipient(services: Services, planned: drip.PlannedEmail, now: datetime) -> Recipient:

@@ -206,11 +206,11 @@ def add_ledger_rows(session: Session, rows: list[dict[str, object]]) -> dict[int
         return {}
     dialect = session.get_bind().dialect.name
     build = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    # Parameters as a list: SQLAlchemy sends them as multi-row VALUES batches
+    # ("insertmanyvalues") from one cached statement.
     inserted = session.execute(
-        build(Delivery)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .returning(Delivery.subscriber_id, Delivery.id)
+        build(Delivery).on_conflict_do_nothing().returning(Delivery.subscriber_id, Delivery.id),
+        rows,
     )
     return {subscriber_id: row_id for subscriber_id, row_id in inserted}
 
