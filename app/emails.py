@@ -432,18 +432,19 @@ def wire_message(
 
 def _text_part(subtype: str, content: str) -> bytes:
     """One text part, encoded as the stdlib would choose: 7bit if it can be, else QP."""
+    if "\r" in content:
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
     if not content.endswith("\n"):
         content += "\n"
     data = content.encode("utf-8")
-    lines = data.splitlines()
-    if data.isascii() and max(map(len, lines), default=0) <= _MAX_LINE:
+    if data.isascii() and max(map(len, data.split(b"\n"))) <= _MAX_LINE:
         encoding, body = "7bit", data
     else:
         encoding, body = "quoted-printable", binascii.b2a_qp(data, istext=True)
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode("ascii")
-        + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        + body.replace(b"\n", b"\r\n")
         + b"\r\n"
     )
 
