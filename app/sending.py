@@ -60,8 +60,9 @@ _WILL_RUN = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 RECORD_TIME_SHARE = 0.5
 RECORD_FIRST_DELAY = 0.1
 RECORD_MAX_DELAY = 5.0
-#: A tick claims up to this many batches in one statement.
-DISPATCH_BATCHES = 50
+#: A tick claims up to this many subscriptions in one statement (whole batches):
+#: each statement walks the due index from its start, past what was claimed before.
+DISPATCH_ROWS = 20_000
 #: Emails begun in the ledger in one transaction, then sent, then recorded in one.
 SEND_CHUNK = 100
 #: How long "this template is broken" is remembered, so it is logged once, not per email.
@@ -104,7 +105,8 @@ def dispatch(services: Services, *, now: datetime, ids: list[int] | None = None)
     settings = services.settings
     queued = 0
     # A tick claims many batches in one statement and queues them in one round trip.
-    limit = settings.batch_size if ids is not None else settings.batch_size * DISPATCH_BATCHES
+    batches = 1 if ids is not None else max(1, DISPATCH_ROWS // settings.batch_size)
+    limit = settings.batch_size * batches
     while True:
         with session_scope(services.sessions) as session:
             claims = store.claim_due_batches(

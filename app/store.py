@@ -12,11 +12,12 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Table, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import Table, any_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.models import (
     ENDED_STATUSES,
@@ -93,13 +94,17 @@ def claim_due_batches(
     )
     if ids is not None:
         due = due.where(Subscriber.id.in_(ids))
+    chosen: ColumnElement[bool] = Subscriber.id.in_(due.scalar_subquery())
     if session.get_bind().dialect.name == "postgresql":
         # Concurrent ticks skip each other's rows instead of waiting on them.
         due = due.with_for_update(skip_locked=True)
+        # = ANY(ARRAY(...)): the chosen rows are found by primary key; with IN the
+        # planner joins the whole table against them.
+        chosen = Subscriber.id == any_(func.array(due.scalar_subquery()))
     rows = sorted(
         session.execute(
             update(Subscriber)
-            .where(Subscriber.id.in_(due.scalar_subquery()))
+            .where(chosen)
             .values(claimed_until=now + lease)
             .returning(Subscriber.id, Subscriber.next_send_at)
             .execution_options(synchronize_session=False)

@@ -7,6 +7,7 @@ reseeded. REDIS_URL (default an embedded Redis) receives the queued jobs.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import resource
 import tempfile
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     parser.add_argument("--due", type=int, default=50_000)
+    parser.add_argument("--profile", help="write a cProfile of the tick to this file")
     args = parser.parse_args()
     database_url = os.environ.get("BENCH_DATABASE_URL")
     if not database_url or not database_url.startswith("postgresql"):
@@ -51,9 +53,15 @@ def main() -> None:
             connection.execute(text(SEED), {"total": args.subscribers, "due": args.due})
             connection.execute(text("ANALYZE subscriber"))
         services.queue.empty()  # type: ignore[no-untyped-call]
+        profile = cProfile.Profile() if args.profile else None
         start = time.perf_counter()
+        if profile is not None:
+            profile.enable()
         queued = tick(services)
         elapsed = time.perf_counter() - start
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
         services.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"queued {queued} in batches of {services.settings.batch_size}; peak RSS {peak:.0f} MB")
