@@ -148,6 +148,22 @@ def sent(services: Services) -> int:
         )
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (Linux's VmHWM), in MB; 0 where unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+#: The largest peak RSS of any bench worker so far, in MB.
+PEAK_RSS: list[float] = [0.0]
+
+
 def end_to_end(env: dict[str, str], count: int, workers: int) -> float:
     """Emails a second from due to recorded, with `workers` worker processes."""
     services = Services(Settings.from_env(env))
@@ -168,6 +184,7 @@ def end_to_end(env: dict[str, str], count: int, workers: int) -> float:
         while sent(services) < queued:
             time.sleep(0.02)
         elapsed = time.perf_counter() - start
+        PEAK_RSS[0] = max([PEAK_RSS[0], *(peak_rss_mb(p.pid) for p in processes)])
     finally:
         for process in processes:
             process.terminate()
@@ -237,6 +254,9 @@ def main() -> None:
                 signed = {**env, "DKIM_KEY_FILE": str(key)}
                 runs = [end_to_end(signed, args.emails, args.workers) for _ in range(args.rounds)]
                 dkim = statistics.median(runs)
+    print(
+        f"worker peak RSS: {PEAK_RSS[0]:.0f} MB (a worker sends up to {args.emails} emails a run)"
+    )
     load = os.getloadavg()
     print(f"emails per run: {args.emails}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     rate = figures[f"{args.workers}"]
