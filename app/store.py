@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from operator import itemgetter
 
 from sqlalchemy import Table, any_, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -108,7 +109,8 @@ def claim_due_batches(
             .values(claimed_until=now + lease)
             .returning(Subscriber.id, Subscriber.next_send_at)
             .execution_options(synchronize_session=False)
-        ).all()
+        ).all(),
+        key=itemgetter(0),
     )
     claims = []
     for start in range(0, len(rows), batch):
