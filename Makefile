@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench bench-console soak previews lint format install clean
+.PHONY: run test bench bench-tick bench-console soak previews lint format install clean
 
 install: $(STAMP)
 
@@ -21,10 +21,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# The import's rate first: other tools read the last lines, the sending figures.
+# The import's rate first: other tools read the last lines, the end-to-end sending figures.
+# BENCH_ARGS passes --emails N, --workers K, --no-dkim to the last part.
 bench: $(STAMP)
 	$(PY) -m bench.importing
 	$(PY) -m bench.sending
+	$(PY) -m bench.throughput $(BENCH_ARGS)
+
+# One tick over a million subscriptions, 50,000 of them due, on PostgreSQL:
+# BENCH_DATABASE_URL names a database of its own (it is emptied and reseeded).
+bench-tick: $(STAMP)
+	$(PY) -m bench.tick $(BENCH_TICK_ARGS)
 
 # The console's overview and funnel over a million subscriptions on PostgreSQL:
 # BENCH_DATABASE_URL names a database of its own (it is emptied and reseeded).

@@ -663,8 +663,14 @@ def _suppression_blocks(session: Session, mailbox_hash: str, confirmed_at: datet
 
     Confirming again after the suppression is the one way off the list.
     """
-    since = store.suppressed_at(session, mailbox_hash)
-    return since is not None and (confirmed_at is None or confirmed_at <= since)
+    return _blocks(store.suppressed_at(session, mailbox_hash), confirmed_at)
+
+
+def _blocks(suppressed_since: datetime | None, confirmed_at: datetime | None) -> bool:
+    """Whether a suppression then holds for a mailbox confirmed at `confirmed_at`."""
+    return suppressed_since is not None and (
+        confirmed_at is None or confirmed_at <= suppressed_since
+    )
 
 
 def forget_unconfirmed(session: Session, *, now: datetime) -> int:
@@ -730,63 +736,121 @@ def begin_delivery(
     domain: str,
     now: datetime,
 ) -> PlannedEmail | None:
-    """Record in the ledger that the due email is being sent, and return it; None if not due.
+    """Record in the ledger that the subscription's due email is being sent; None if not due.
 
-    The ledger row is unique per (subscriber, email): if another worker is sending it,
-    or it was sent, this returns None. A row left `sending` longer than the claim
-    lease (a crashed worker) is taken over and sent again with the same Message-ID.
-    Nothing goes to a suppressed mailbox but a confirmation, and no confirmation
-    past the mailbox's daily cap (see `_cleared`).
+    One subscription's `begin_deliveries`.
     """
-    subscriber = store.lock_subscriber(session, subscriber_id)
-    if subscriber is None or subscriber.next_send_at is None or subscriber.next_send_at > now:
-        # Gone, or not due yet: a retry's backoff holds whichever job runs it.
-        return None
-    if subscriber.claimed_until is None or subscriber.claimed_until <= now:
-        # This job's claim lapsed: the subscription may be queued elsewhere by now.
-        return None
-    due = due_email(subscriber, policy.total_steps)
-    if due is None:
-        return None
-    kind, number = due
-    delivery = store.ledger_row(session, subscriber.id, kind, number)
-    if not _cleared(session, subscriber, kind, policy, keys, now, first=delivery is None):
-        return None
-    if delivery is None:
-        delivery = Delivery(
-            subscriber_id=subscriber.id,
-            kind=kind,
-            number=number,
-            message_id=message_id_for(
+    planned = begin_deliveries(
+        session, [subscriber_id], policy=policy, keys=keys, domain=domain, now=now
+    )
+    return planned[0] if planned else None
+
+
+def begin_deliveries(
+    session: Session,
+    subscriber_ids: list[int],
+    *,
+    policy: Policy,
+    keys: MailboxKeys,
+    domain: str,
+    now: datetime,
+) -> list[PlannedEmail]:
+    """Record in the ledger that each subscription's due email is being sent; return those.
+
+    A handful of statements for the whole list, whatever its length. The ledger
+    row is unique per (subscriber, email): an email another worker is sending, or
+    that was sent, is left out. A row left `sending` longer than the claim lease
+    (a crashed worker) is taken over and sent again with the same Message-ID.
+    Nothing goes to a suppressed mailbox but a confirmation, and no confirmation
+    past the mailbox's daily cap (see `_cleared`). A subscription not due (backoff),
+    gone, or whose claim lapsed (it may be queued elsewhere) is left out.
+    """
+    due: list[tuple[Subscriber, EmailKind, int]] = []
+    for subscriber in store.lock_subscribers(session, subscriber_ids):
+        if subscriber.next_send_at is None or subscriber.next_send_at > now:
+            continue
+        if subscriber.claimed_until is None or subscriber.claimed_until <= now:
+            continue
+        email = due_email(subscriber, policy.total_steps)
+        if email is not None:
+            due.append((subscriber, *email))
+    if not due:
+        return []
+    ledger = store.ledger_rows(session, [(s.id, kind, number) for s, kind, number in due])
+    mailboxes = {s.id: keys.hash(s.email) for s, kind, _ in due if kind == EmailKind.STEP}
+    suppressed = store.suppressions_of(session, list(mailboxes.values()))
+    planned: list[PlannedEmail] = []
+    fresh: list[tuple[Subscriber, EmailKind, int, str]] = []
+    for subscriber, kind, number in due:
+        delivery = ledger.get((subscriber.id, kind, number))
+        since = suppressed.get(mailboxes.get(subscriber.id, ""))
+        if not _cleared(
+            session, subscriber, kind, policy, keys, since, now, first=delivery is None
+        ):
+            continue
+        if delivery is None:
+            message_id = message_id_for(
                 subscriber.key, kind, number, domain, subscriber.course_round
-            ),
-            status=DeliveryStatus.SENDING,
-            started_at=now,
-        )
-        if not store.add_ledger_row(session, delivery):
-            return None
-    elif delivery.status == DeliveryStatus.SENT:
-        # Sent, but the subscription was not moved on (it cannot happen through
-        # this module, which does both in one transaction): move it on now.
-        _advance(subscriber, kind, number, policy, now)
-        return None
-    elif (
-        delivery.status == DeliveryStatus.SENDING and now - delivery.started_at < policy.claim_lease
-    ):
-        return None
-    else:
+            )
+            fresh.append((subscriber, kind, number, message_id))
+            continue
+        if delivery.status == DeliveryStatus.SENT:
+            # Sent, but the subscription was not moved on (it cannot happen through
+            # this module, which does both in one transaction): move it on now.
+            _advance(subscriber, kind, number, policy, now)
+            continue
+        if (
+            delivery.status == DeliveryStatus.SENDING
+            and now - delivery.started_at < policy.claim_lease
+        ):
+            continue
         delivery.status = DeliveryStatus.SENDING
         delivery.started_at = now
         delivery.attempts += 1
+        planned.append(
+            _planned(subscriber, kind, number, delivery.id, delivery.message_id, policy, now)
+        )
+    inserted = store.add_ledger_rows(
+        session,
+        [
+            {
+                "subscriber_id": subscriber.id,
+                "kind": kind,
+                "number": number,
+                "message_id": message_id,
+                "status": DeliveryStatus.SENDING,
+                "attempts": 1,
+                "started_at": now,
+            }
+            for subscriber, kind, number, message_id in fresh
+        ],
+    )
+    planned.extend(
+        _planned(subscriber, kind, number, inserted[subscriber.id], message_id, policy, now)
+        for subscriber, kind, number, message_id in fresh
+        if subscriber.id in inserted
+    )
+    return sorted(planned, key=lambda email: email.subscriber_id)
+
+
+def _planned(
+    subscriber: Subscriber,
+    kind: EmailKind,
+    number: int,
+    delivery_id: int,
+    message_id: str,
+    policy: Policy,
+    now: datetime,
+) -> PlannedEmail:
     return PlannedEmail(
-        delivery_id=delivery.id,
+        delivery_id=delivery_id,
         subscriber_id=subscriber.id,
         subscriber_key=subscriber.key,
         email=subscriber.email,
         first_name=subscriber.first_name,
         kind=kind,
         number=number,
-        message_id=delivery.message_id,
+        message_id=message_id,
         next_step_at=next_step_at(subscriber, policy, now=now) if kind == EmailKind.STEP else None,
         time_zone=zone_of(subscriber, policy).key,
     )
@@ -798,28 +862,29 @@ def _cleared(
     kind: EmailKind,
     policy: Policy,
     keys: MailboxKeys,
+    suppressed_since: datetime | None,
     now: datetime,
     *,
     first: bool,
 ) -> bool:
     """Whether the due email may go out; if not, the subscription stops waiting for it.
 
-    Course steps never go to a suppressed mailbox (under any spelling) unless it
-    confirmed after the suppression: such a subscription ends. A confirmation is
-    the way back onto the list, so it may go, within the mailbox's daily cap;
-    past the cap it is dropped (signing up again tomorrow asks again). Only a
-    `first` attempt counts against the cap: a retry is the same email.
+    Course steps never go to a suppressed mailbox (`suppressed_since`: when it was
+    last put on the list) unless it confirmed after the suppression: such a
+    subscription ends. A confirmation is the way back onto the list, so it may go,
+    within the mailbox's daily cap; past the cap it is dropped (signing up again
+    tomorrow asks again). Only a `first` attempt counts against the cap: a retry
+    is the same email.
     """
-    mailbox = keys.hash(subscriber.email)
     if kind == EmailKind.STEP:
-        if not _suppression_blocks(session, mailbox, subscriber.consent.confirmed_at):
+        if not _blocks(suppressed_since, subscriber.consent.confirmed_at):
             return True
         if _move(subscriber, "unsubscribe"):
             _end(subscriber, now)
         subscriber.last_error = "suppressed: the address bounced, complained or unsubscribed"
         return False
     if not first or store.take_confirmation(
-        session, mailbox, limit=policy.confirmations_per_day, now=now
+        session, keys.hash(subscriber.email), limit=policy.confirmations_per_day, now=now
     ):
         return True
     subscriber.next_send_at = None
@@ -906,15 +971,42 @@ def end_notice(
 
 def finish_delivery(session: Session, delivery_id: int, *, policy: Policy, now: datetime) -> None:
     """The relay accepted the email: mark it sent and schedule the next one."""
-    delivery = session.get_one(Delivery, delivery_id)
-    delivery.status = DeliveryStatus.SENT
-    delivery.sent_at = now
-    delivery.error = None
-    delivery.failure_class = None
-    subscriber = session.get_one(Subscriber, delivery.subscriber_id, with_for_update=True)
-    subscriber.send_failures = 0
-    subscriber.last_error = None
-    _advance(subscriber, delivery.kind, delivery.number, policy, now)
+    finish_deliveries(session, [delivery_id], policy=policy, now=now)
+
+
+def finish_deliveries(
+    session: Session, delivery_ids: list[int], *, policy: Policy, now: datetime
+) -> None:
+    """The relay accepted these emails: mark them sent and schedule each next one.
+
+    A handful of statements for the whole list. Doing it again changes nothing:
+    a subscription moves past an email once, however often it is recorded.
+    """
+    rows = store.deliveries(session, delivery_ids)
+    subscribers = {
+        subscriber.id: subscriber
+        for subscriber in store.lock_subscribers(session, [row.subscriber_id for row in rows])
+    }
+    for delivery in rows:
+        delivery.status = DeliveryStatus.SENT
+        delivery.sent_at = now
+        delivery.error = None
+        delivery.failure_class = None
+        subscriber = subscribers[delivery.subscriber_id]
+        subscriber.send_failures = 0
+        subscriber.last_error = None
+        _advance(subscriber, delivery.kind, delivery.number, policy, now)
+
+
+def release_deliveries(session: Session, delivery_ids: list[int]) -> None:
+    """Emails begun but never handed to the relay (the batch stopped): they may be begun again.
+
+    Their attempt is not counted, and no other worker has to wait for a lease to lapse.
+    """
+    for delivery in store.deliveries(session, delivery_ids):
+        if delivery.status == DeliveryStatus.SENDING:
+            delivery.status = DeliveryStatus.DEFERRED
+            delivery.attempts -= 1
 
 
 def _advance(

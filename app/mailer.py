@@ -94,23 +94,34 @@ class SmtpMailer:
             raise _relay(f"cannot reach {where}: {error}") from error
         return connection
 
-    def send(self, message: EmailMessage, *, to: str, envelope_from: str | None = None) -> None:
+    def send(
+        self, message: EmailMessage | bytes, *, to: str, envelope_from: str | None = None
+    ) -> None:
         """Hand one message for the envelope address `to` to the relay.
 
         Raises DeliveryFailure, classified by SMTP stage and status code, if it
         is not accepted. A non-ASCII address goes out with SMTPUTF8, which the
         relay must offer. `envelope_from` (MAIL FROM, where bounces go: the VERP
-        return path) defaults to the From address.
+        return path) defaults to the From address. A message given as bytes is
+        already in wire form (CRLF line ends) and needs `envelope_from`.
         """
-        sender = envelope_from or parseaddr(str(message["From"]))[1]
+        if isinstance(message, bytes):
+            if not envelope_from:
+                raise _ours("a message given as bytes needs an envelope sender")
+            sender = envelope_from
+        else:
+            sender = envelope_from or parseaddr(str(message["From"]))[1]
         utf8 = not to.isascii() or not sender.isascii()
         options = ["SMTPUTF8"] if utf8 else []
         try:
-            # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
-            wire = message.policy.clone(linesep="\r\n")
-            if utf8:
-                wire = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
-            payload = message.as_bytes(policy=wire)
+            if isinstance(message, bytes):
+                payload = message
+            else:
+                # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
+                wire = message.policy.clone(linesep="\r\n")
+                if utf8:
+                    wire = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
+                payload = message.as_bytes(policy=wire)
             if self._signer is not None:
                 payload = self._signer.sign(payload)
         except (UnicodeError, ValueError) as error:

@@ -13,11 +13,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.utils import parseaddr
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from jinja2 import TemplateError
 from redis.client import Pipeline
 from redis.exceptions import RedisError
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.results import Result
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +28,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import drip, store, timing
 from app.breaker import Gate
 from app.db import session_scope
-from app.emails import EmailTemplateError, Recipient, build_message, envelope_address, render
+from app.emails import (
+    EmailTemplateError,
+    Recipient,
+    build_message,
+    envelope_address,
+    render,
+    wire_message,
+)
 from app.failures import FailureClass
 from app.mailer import DeliveryFailure, SmtpMailer
 from app.services import Services
@@ -52,6 +62,11 @@ _WILL_RUN = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 RECORD_TIME_SHARE = 0.5
 RECORD_FIRST_DELAY = 0.1
 RECORD_MAX_DELAY = 5.0
+#: A tick claims up to this many subscriptions in one statement (whole batches):
+#: each statement walks the due index from its start, past what was claimed before.
+DISPATCH_ROWS = 20_000
+#: Emails begun in the ledger in one transaction, then sent, then recorded in one.
+SEND_CHUNK = 100
 #: How long "this template is broken" is remembered, so it is logged once, not per email.
 BROKEN_TEMPLATE_REPORT_TTL = 3600
 
@@ -91,37 +106,59 @@ def dispatch(services: Services, *, now: datetime, ids: list[int] | None = None)
     """
     settings = services.settings
     queued = 0
+    # A tick claims many batches in one statement and queues them in one round trip.
+    batches = 1 if ids is not None else max(1, DISPATCH_ROWS // settings.batch_size)
+    limit = settings.batch_size * batches
     while True:
         with session_scope(services.sessions) as session:
-            claim = store.claim_due(
+            claims = store.claim_due_batches(
                 session,
                 now=now,
                 lease=settings.claim_lease,
-                limit=settings.batch_size,
+                limit=limit,
+                batch=settings.batch_size,
                 statuses=drip.SENDABLE,
                 ids=ids,
             )
-        if claim is None:
+        if not claims:
             return queued
         try:
-            _enqueue(services, claim)
+            _enqueue(services, claims)
         except RedisError:
             with session_scope(services.sessions) as session:
-                store.release_claims(session, claim.ids)
+                store.release_claims(session, [i for claim in claims for i in claim.ids])
             raise
-        queued += len(claim.ids)
-        if ids is not None or len(claim.ids) < settings.batch_size:
+        claimed = sum(len(claim.ids) for claim in claims)
+        queued += claimed
+        if ids is not None or claimed < limit:
             return queued
 
 
-def _enqueue(services: Services, claim: store.Claim) -> None:
-    enqueue_once(
-        services,
-        SEND_BATCH_JOB,
-        claim.ids,
-        job_id=batch_job_id(claim),
-        description=f"send {len(claim.ids)} due emails",
-    )
+def _enqueue(services: Services, claims: list[store.Claim]) -> None:
+    """Queue one batch job per claim, skipping those already queued to run (a lapse)."""
+    queue = services.queue
+    job_ids = [batch_job_id(claim) for claim in claims]
+    existing = Job.fetch_many(job_ids, connection=services.redis)
+    with services.redis.pipeline() as pipe:
+        fresh = []
+        for claim, job_id, job in zip(claims, job_ids, existing, strict=True):
+            if job is not None:
+                if job.get_status(refresh=False) in _WILL_RUN:
+                    continue
+                discard_job(job, pipe)
+            fresh.append(
+                Queue.prepare_data(
+                    SEND_BATCH_JOB,
+                    (claim.ids,),
+                    job_id=job_id,
+                    timeout=JOB_TIMEOUT,
+                    result_ttl=JOB_RESULT_TTL,
+                    failure_ttl=JOB_FAILURE_TTL,
+                    description=f"send {len(claim.ids)} due emails",
+                )
+            )
+        queue.enqueue_many(fresh, pipeline=pipe)
+        pipe.execute()
 
 
 def discard_job(job: Job, pipeline: Pipeline | None = None) -> None:
@@ -173,9 +210,10 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
     """Send each listed subscription its due email over one SMTP connection.
 
     The batch's claims are renewed when it starts; a subscription whose claim
-    lapsed before then is left alone (it may be queued elsewhere). Each email is
-    written to the ledger before it is handed to the relay and marked sent right
-    after, so a retry or a second worker never sends it twice.
+    lapsed before then is left alone (it may be queued elsewhere). Emails go in
+    chunks: each chunk is written to the ledger in one transaction before any of
+    it is handed to the relay, and what the relay accepted is marked sent in one
+    transaction right after, so a retry or a second worker never sends it twice.
     """
     report = BatchReport()
     settings = services.settings
@@ -196,16 +234,12 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
                 _hand_back(services, pending, retry_at)
                 report.add("waiting", len(pending))
                 break
-            subscriber_id = pending.pop(0)
-            probe = gate == Gate.PROBE
-            try:
-                outcome = _send_one(services, mailer, subscriber_id, now, probe=probe)
-            finally:
-                if probe:
-                    services.breaker.end_probe()
-            report.add(outcome.name)
-            if outcome.stop:
-                _hand_back(services, pending, outcome.retry_at)
+            # A probe is one email: the relay is being tried again after an outage.
+            size = 1 if gate == Gate.PROBE else SEND_CHUNK
+            chunk, pending = pending[:size], pending[size:]
+            stop = _send_chunk(services, mailer, chunk, now, report, probe=gate == Gate.PROBE)
+            if stop is not None:
+                _hand_back(services, pending, stop.retry_at)
                 report.add("waiting", len(pending))
                 break
     return report
@@ -220,27 +254,67 @@ class Outcome:
     retry_at: datetime | None = None
 
 
-def _send_one(
-    services: Services, mailer: SmtpMailer, subscriber_id: int, now: datetime, *, probe: bool
-) -> Outcome:
-    """Send one subscription its due email; whatever goes wrong stays with this email."""
+def _send_chunk(
+    services: Services,
+    mailer: SmtpMailer,
+    subscriber_ids: list[int],
+    now: datetime,
+    report: BatchReport,
+    *,
+    probe: bool,
+) -> Outcome | None:
+    """Begin, send and record one chunk; return the outcome that stops the batch, if one did.
+
+    Whatever was accepted is recorded even if something unexpected ends the chunk.
+    Emails begun but not handed over when the batch stops are given back at once.
+    """
     with session_scope(services.sessions) as session:
-        planned = drip.begin_delivery(
+        planned = drip.begin_deliveries(
             session,
-            subscriber_id,
+            subscriber_ids,
             policy=services.policy,
             keys=services.mailbox_keys,
             domain=services.sender.domain,
             now=now,
         )
-    if planned is None:
-        # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
-        # or held back by the suppression list or the confirmation cap.
-        return Outcome("skipped")
+    # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
+    # or held back by the suppression list or the confirmation cap.
+    report.add("skipped", len(subscriber_ids) - len(planned))
+    sent: list[int] = []
+    try:
+        for index, email in enumerate(planned):
+            try:
+                outcome = _send_one(services, mailer, email, now)
+            finally:
+                if probe:
+                    services.breaker.end_probe()
+            report.add(outcome.name)
+            if outcome.name == "sent":
+                sent.append(email.delivery_id)
+                if probe:
+                    services.breaker.succeeded()
+            if outcome.stop:
+                rest = planned[index + 1 :]
+                with session_scope(services.sessions) as session:
+                    drip.release_deliveries(session, [e.delivery_id for e in rest])
+                    store.release_claims(
+                        session, [e.subscriber_id for e in rest], retry_at=outcome.retry_at
+                    )
+                report.add("waiting", len(rest))
+                return outcome
+    finally:
+        _record_sent(services, sent, now)
+    return None
+
+
+def _send_one(
+    services: Services, mailer: SmtpMailer, planned: drip.PlannedEmail, now: datetime
+) -> Outcome:
+    """Send one begun email; whatever goes wrong stays with this email."""
     recipient = _recipient(services, planned, now)
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
-        message = build_message(rendered, services.sender, recipient, now=now)
+        message = wire_message(rendered, services.sender, recipient, now=now)
     except (TemplateError, EmailTemplateError) as error:
         # Our template or settings: never the subscriber's fault. The step waits
         # (without counting) until the template is fixed; reported once per template.
@@ -260,15 +334,23 @@ def _send_one(
         to = envelope_address(planned.email)
         if services.send_rate is not None:
             services.send_rate.wait()
-        mailer.send(message, to=to, envelope_from=services.return_path(planned.message_id))
+        envelope_from = services.return_path(planned.message_id) or _from_address(services)
+        mailer.send(message, to=to, envelope_from=envelope_from)
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
-    if probe:
-        services.breaker.succeeded()
-    _record_sent(services, planned.delivery_id, now)
     return Outcome("sent")
+
+
+def _from_address(services: Services) -> str:
+    """The From address, the envelope sender when bounces need no return path of their own."""
+    return _address_of(services.sender.mail_from)
+
+
+@lru_cache(maxsize=16)
+def _address_of(mailbox: str) -> str:
+    return parseaddr(mailbox)[1]
 
 
 def _recipient(services: Services, planned: drip.PlannedEmail, now: datetime) -> Recipient:
@@ -426,21 +508,23 @@ def next_step_when(planned: drip.PlannedEmail, now: datetime) -> str:
     return timing.describe(planned.next_step_at, now=now, zone=ZoneInfo(planned.time_zone))
 
 
-def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
-    """Mark one email sent, trying again while the database is away.
+def _record_sent(services: Services, delivery_ids: list[int], now: datetime) -> None:
+    """Mark these emails sent in one transaction, trying again while the database is away.
 
     The relay already has the email. Another worker takes a `sending` row over
     (and sends it again, same Message-ID) only after a whole claim lease, so
     recording keeps trying for RECORD_TIME_SHARE of the lease: a database
     restart or failover in that time sends nothing twice.
     """
+    if not delivery_ids:
+        return
     budget = services.settings.claim_lease.total_seconds() * RECORD_TIME_SHARE
     deadline = time.monotonic() + budget
     delay = RECORD_FIRST_DELAY
     while True:
         try:
             with session_scope(services.sessions) as session:
-                drip.finish_delivery(session, delivery_id, policy=services.policy, now=now)
+                drip.finish_deliveries(session, delivery_ids, policy=services.policy, now=now)
             return
         except SQLAlchemyError as error:
             if time.monotonic() + delay > deadline:
@@ -448,8 +532,8 @@ def _record_sent(services: Services, delivery_id: int, now: datetime) -> None:
                 # sent again with the same Message-ID (at least once, never lost).
                 raise
             log.warning(
-                "recording delivery %s as sent failed, retrying in %.1fs: %s",
-                delivery_id,
+                "recording %d deliveries as sent failed, retrying in %.1fs: %s",
+                len(delivery_ids),
                 delay,
                 error.__class__.__name__,
             )

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 
 from sqlalchemy import (
-    ColumnElement,
     String,
     Table,
     any_,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -29,7 +30,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import UTCDateTime
 from app.models import (
@@ -76,6 +78,26 @@ def claim_due(
     The key depends only on which subscriptions and which due moments were
     claimed, so claiming the same work again (after a lapse) gives the same key.
     """
+    claims = claim_due_batches(
+        session, now=now, lease=lease, limit=limit, batch=limit, statuses=statuses, ids=ids
+    )
+    return claims[0] if claims else None
+
+
+def claim_due_batches(
+    session: Session,
+    *,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    batch: int,
+    statuses: tuple[SubscriberStatus, ...],
+    ids: list[int] | None = None,
+) -> list[Claim]:
+    """Claim up to `limit` due subscriptions in one statement, as claims of `batch` each.
+
+    Each claim's key is made as `claim_due` makes it, from its own subscriptions.
+    """
     due = (
         select(Subscriber.id)
         .where(
@@ -88,22 +110,31 @@ def claim_due(
     )
     if ids is not None:
         due = due.where(Subscriber.id.in_(ids))
+    chosen: ColumnElement[bool] = Subscriber.id.in_(due.scalar_subquery())
     if session.get_bind().dialect.name == "postgresql":
         # Concurrent ticks skip each other's rows instead of waiting on them.
         due = due.with_for_update(skip_locked=True)
+        # = ANY(ARRAY(...)): the chosen rows are found by primary key; with IN the
+        # planner joins the whole table against them.
+        chosen = Subscriber.id == any_(func.array(due.scalar_subquery()))
     rows = sorted(
         session.execute(
             update(Subscriber)
-            .where(Subscriber.id.in_(due.scalar_subquery()))
+            .where(chosen)
             .values(claimed_until=now + lease)
             .returning(Subscriber.id, Subscriber.next_send_at)
             .execution_options(synchronize_session=False)
-        ).all()
+        ).all(),
+        key=itemgetter(0),
     )
-    if not rows:
-        return None
-    material = ",".join(f"{row.id}@{row.next_send_at.timestamp():.6f}" for row in rows)
-    return Claim([row.id for row in rows], hashlib.sha256(material.encode()).hexdigest()[:24])
+    claims = []
+    for start in range(0, len(rows), batch):
+        part = rows[start : start + batch]
+        material = ",".join(f"{row.id}@{row.next_send_at.timestamp():.6f}" for row in part)
+        claims.append(
+            Claim([row.id for row in part], hashlib.sha256(material.encode()).hexdigest()[:24])
+        )
+    return claims
 
 
 def start_claims(session: Session, ids: list[int], *, now: datetime, lease: timedelta) -> list[int]:
@@ -146,6 +177,76 @@ def release_claims(session: Session, ids: list[int], *, retry_at: datetime | Non
 def lock_subscriber(session: Session, subscriber_id: int) -> Subscriber | None:
     """The subscription, locked for this transaction; None if it is gone."""
     return session.get(Subscriber, subscriber_id, with_for_update=True)
+
+
+def lock_subscribers(session: Session, ids: list[int]) -> list[Subscriber]:
+    """The subscriptions still there, locked for this transaction, with their consent records.
+
+    Locked in id order, so two transactions locking overlapping sets cannot deadlock.
+    """
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(Subscriber)
+            .where(Subscriber.id.in_(ids))
+            .order_by(Subscriber.id)
+            .options(selectinload(Subscriber.consent))
+            .with_for_update(of=Subscriber)
+        )
+    )
+
+
+def deliveries(session: Session, ids: list[int]) -> list[Delivery]:
+    """The ledger rows with these ids, in id order (one query)."""
+    if not ids:
+        return []
+    return list(session.scalars(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)))
+
+
+def ledger_rows(
+    session: Session, emails: list[tuple[int, EmailKind, int]]
+) -> dict[tuple[int, EmailKind, int], Delivery]:
+    """The ledger rows of these (subscriber, kind, number) emails that exist (one query)."""
+    if not emails:
+        return {}
+    rows = session.scalars(
+        select(Delivery).where(
+            tuple_(Delivery.subscriber_id, Delivery.kind, Delivery.number).in_(emails)
+        )
+    )
+    return {(row.subscriber_id, EmailKind(row.kind), row.number): row for row in rows}
+
+
+def add_ledger_rows(session: Session, rows: list[dict[str, object]]) -> dict[int, int]:
+    """Insert new ledger rows in one statement; return {subscriber id: row id} of those inserted.
+
+    A row another worker inserted first (same subscriber, kind and number) is left
+    out of the answer instead of failing the statement.
+    """
+    if not rows:
+        return {}
+    dialect = session.get_bind().dialect.name
+    build = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    # Parameters as a list: SQLAlchemy sends them as multi-row VALUES batches
+    # ("insertmanyvalues") from one cached statement.
+    inserted = session.execute(
+        build(Delivery).on_conflict_do_nothing().returning(Delivery.subscriber_id, Delivery.id),
+        rows,
+    )
+    return {subscriber_id: row_id for subscriber_id, row_id in inserted}
+
+
+def suppressions_of(session: Session, mailbox_hashes: list[str]) -> dict[str, datetime]:
+    """When each of these mailboxes was last suppressed, for those on the list (one query)."""
+    if not mailbox_hashes:
+        return {}
+    rows = session.execute(
+        select(Suppression.mailbox_hash, Suppression.suppressed_at).where(
+            Suppression.mailbox_hash.in_(mailbox_hashes)
+        )
+    )
+    return {mailbox_hash: when for mailbox_hash, when in rows}
 
 
 def ledger_row(

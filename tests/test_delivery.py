@@ -290,7 +290,7 @@ def test_a_database_outage_after_the_relay_accepted_sends_nothing_twice(
     services: Services, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subscriber_id = active_subscriber(services, "ada@example.com", clock.now)
-    finish = drip.finish_delivery
+    finish = drip.finish_deliveries
     outage = {"tries": 3}
 
     def database_away(*args: Any, **kwargs: Any) -> None:
@@ -301,7 +301,7 @@ def test_a_database_outage_after_the_relay_accepted_sends_nothing_twice(
             raise OperationalError("UPDATE delivery", {}, ConnectionError("server closed"))
         finish(*args, **kwargs)
 
-    monkeypatch.setattr(drip, "finish_delivery", database_away)
+    monkeypatch.setattr(drip, "finish_deliveries", database_away)
     claim(services, [subscriber_id], clock.now)
     assert send_batch(services, [subscriber_id]).as_dict() == {"sent": 1}
     assert outage["tries"] == 0
