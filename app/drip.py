@@ -1002,9 +1002,15 @@ def release_deliveries(session: Session, delivery_ids: list[int]) -> None:
     """Emails begun but never handed to the relay (the batch stopped): they may be begun again.
 
     Their attempt is not counted, and no other worker has to wait for a lease to lapse.
+    A row begun for its first try goes, as if never begun (it is no problem to show the
+    operator); one tried before waits as it did, with that try's error and class.
     """
     for delivery in store.deliveries(session, delivery_ids):
-        if delivery.status == DeliveryStatus.SENDING:
+        if delivery.status != DeliveryStatus.SENDING:
+            continue
+        if delivery.attempts <= 1:
+            session.delete(delivery)
+        else:
             delivery.status = DeliveryStatus.DEFERRED
             delivery.attempts -= 1
 
