@@ -9,6 +9,7 @@ stays with that email; the batch goes on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -212,8 +213,9 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
     The batch's claims are renewed when it starts; a subscription whose claim
     lapsed before then is left alone (it may be queued elsewhere). Emails go in
     chunks: each chunk is written to the ledger in one transaction before any of
-    it is handed to the relay, and what the relay accepted is marked sent in one
-    transaction right after, so a retry or a second worker never sends it twice.
+    it is handed to the relay, and each email the relay accepts is marked sent at
+    once, from a thread of its own while the next goes out (`_Recorder`), so a
+    retry or a second worker never sends it twice.
     """
     report = BatchReport()
     settings = services.settings
@@ -225,7 +227,8 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
     budget = min(JOB_TIMEOUT, settings.claim_lease.total_seconds()) * BATCH_TIME_SHARE
     deadline = time.monotonic() + budget
     pending = list(held)
-    with services.mailer() as mailer:
+    recorder = _Recorder(services)
+    with services.mailer() as mailer, recorder:
         while pending:
             now = services.clock()
             gate = services.breaker.gate(now)
@@ -237,7 +240,9 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
             # A probe is one email: the relay is being tried again after an outage.
             size = 1 if gate == Gate.PROBE else SEND_CHUNK
             chunk, pending = pending[:size], pending[size:]
-            stop = _send_chunk(services, mailer, chunk, now, report, probe=gate == Gate.PROBE)
+            stop = _send_chunk(
+                services, mailer, recorder, chunk, now, report, probe=gate == Gate.PROBE
+            )
             if stop is not None:
                 _hand_back(services, pending, stop.retry_at)
                 report.add("waiting", len(pending))
@@ -257,16 +262,18 @@ class Outcome:
 def _send_chunk(
     services: Services,
     mailer: SmtpMailer,
+    recorder: _Recorder,
     subscriber_ids: list[int],
     now: datetime,
     report: BatchReport,
     *,
     probe: bool,
 ) -> Outcome | None:
-    """Begin, send and record one chunk; return the outcome that stops the batch, if one did.
+    """Begin and send one chunk; return the outcome that stops the batch, if one did.
 
-    Whatever was accepted is recorded even if something unexpected ends the chunk.
-    Emails begun but not handed over when the batch stops are given back at once.
+    Each email the relay accepts goes to `recorder` at once, to be marked sent while
+    the next one goes out. Emails begun but not handed over when the batch stops are
+    given back at once.
     """
     with session_scope(services.sessions) as session:
         planned = drip.begin_deliveries(
@@ -280,31 +287,106 @@ def _send_chunk(
     # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
     # or held back by the suppression list or the confirmation cap.
     report.add("skipped", len(subscriber_ids) - len(planned))
-    sent: list[int] = []
-    try:
-        for index, email in enumerate(planned):
-            try:
-                outcome = _send_one(services, mailer, email, now)
-            finally:
-                if probe:
-                    services.breaker.end_probe()
-            report.add(outcome.name)
-            if outcome.name == "sent":
-                sent.append(email.delivery_id)
-                if probe:
-                    services.breaker.succeeded()
-            if outcome.stop:
-                rest = planned[index + 1 :]
-                with session_scope(services.sessions) as session:
-                    drip.release_deliveries(session, [e.delivery_id for e in rest])
-                    store.release_claims(
-                        session, [e.subscriber_id for e in rest], retry_at=outcome.retry_at
-                    )
-                report.add("waiting", len(rest))
-                return outcome
-    finally:
-        _record_sent(services, sent, now)
+    for index, email in enumerate(planned):
+        # While recording lags (the database is slow or away), send no more; if it
+        # failed for good, stop.
+        recorder.ready()
+        try:
+            outcome = _send_one(services, mailer, email, now)
+        finally:
+            if probe:
+                services.breaker.end_probe()
+        report.add(outcome.name)
+        if outcome.name == "sent":
+            recorder.add(email.delivery_id, now)
+            if probe:
+                services.breaker.succeeded()
+        if outcome.stop:
+            rest = planned[index + 1 :]
+            with session_scope(services.sessions) as session:
+                drip.release_deliveries(session, [e.delivery_id for e in rest])
+                store.release_claims(
+                    session, [e.subscriber_id for e in rest], retry_at=outcome.retry_at
+                )
+            report.add("waiting", len(rest))
+            return outcome
     return None
+
+
+#: Accepted emails that may wait to be recorded as sent before the sender waits too:
+#: what a worker killed at that moment would send again.
+UNRECORDED_LIMIT = 10
+
+
+class _Recorder:
+    """Marks accepted emails sent from a thread of its own, as soon as each is accepted.
+
+    Between the relay's 250 and the ledger's commit lies the one window in which a
+    worker killed outright leaves an email `sending`, to be sent again (same
+    Message-ID) once its lease lapses. Recording at once keeps that window to about
+    one commit, while sending goes on during it: what was accepted meanwhile is
+    recorded together in the next commit. Leaving the `with` block waits until every
+    accepted email is recorded, and raises what recording raised.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._waiting: list[tuple[int, datetime]] = []
+        #: Accepted and not yet committed as sent (waiting, or in the commit under way).
+        self._unrecorded = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="ledger-recorder", daemon=True)
+
+    def __enter__(self) -> _Recorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._changed:
+            self._done = True
+            self._changed.notify_all()
+        self._thread.join()
+        # An error already on its way out stays the one raised.
+        if exc_info[0] is None and self._error is not None:
+            raise self._error
+
+    def add(self, delivery_id: int, now: datetime) -> None:
+        """Record this accepted email as sent, as soon as possible."""
+        with self._changed:
+            self._waiting.append((delivery_id, now))
+            self._unrecorded += 1
+            self._changed.notify_all()
+
+    def ready(self) -> None:
+        """Wait until fewer than UNRECORDED_LIMIT accepted emails are unrecorded; raise the
+        error that stopped the recording, if one did."""
+        with self._changed:
+            while self._unrecorded >= UNRECORDED_LIMIT and self._error is None:
+                self._changed.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting and not self._done:
+                    self._changed.wait()
+                if not self._waiting:
+                    return
+                taken, self._waiting = self._waiting, []
+            try:
+                _record_sent(self._services, [i for i, _ in taken], taken[-1][1])
+            except BaseException as error:  # the sender must hear of it, whatever it is
+                # These rows stay `sending`: sent again once their lease lapses.
+                with self._changed:
+                    self._error = error
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._unrecorded -= len(taken)
+                self._changed.notify_all()
 
 
 def _send_one(
