@@ -26,6 +26,7 @@ from app import console, drip
 from app.config import ConfigError
 from app.db import session_scope
 from app.models import DeliveryStatus, SubscriberStatus
+from app.stopping import StopFlag
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -207,7 +208,7 @@ def forget(services: Services) -> None:
         log.warning("could not drop the console figures in Redis: %s", error)
 
 
-def refresh_in_background(services: Services, stop: threading.Event) -> threading.Thread:
+def refresh_in_background(services: Services, stop: StopFlag | threading.Event) -> threading.Thread:
     """Keep the figures fresh from a thread, so a slow count never delays a tick."""
 
     def run() -> None:

@@ -22,7 +22,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from app.services import Services
-from tests.support import SmtpSink, free_port, run_worker
+from tests.support import SmtpSink, click_through, free_port, run_worker
 from tests.test_admin_browser import (  # noqa: F401 (fixtures)
     DESKTOP,
     PHONE,
@@ -126,13 +126,8 @@ def test_a_subscriber_signs_up_confirms_manages_and_deletes(
         return browser.find_element(By.XPATH, f"//button[normalize-space()={text!r}]")
 
     def press(text: str) -> None:
-        """Press a button and wait for the page it leads to."""
-        from selenium.webdriver.support import expected_conditions
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        page = browser.find_element(By.TAG_NAME, "html")
-        button(text).click()
-        WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+        """Press a button and wait until the page it leads to has loaded."""
+        click_through(browser, button(text))
 
     def heading() -> str:
         return str(browser.find_element(By.TAG_NAME, "h1").text)

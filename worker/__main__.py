@@ -8,13 +8,33 @@ and the next tick queues the work again.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from rq import SimpleWorker
 
 from app.checks import start_process
 from app.config import ConfigError
+from app.stopping import StopFlag
 from worker.jobs import use_services
+
+#: Set by SIGINT or SIGTERM before rq has installed its own handlers.
+_stop_asked_early = StopFlag()
+
+
+class OnwardWorker(SimpleWorker):
+    """rq's SimpleWorker, keeping a stop asked for while it was still starting.
+
+    rq installs its SIGINT and SIGTERM handlers only once it has registered itself and
+    cleaned its registries; a stop asked for before then (Ctrl-C right after `make run`
+    started) was lost, and the worker listened on until killed. Our handlers note it
+    until then, and the worker's loop then stops at its first turn.
+    """
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()  # type: ignore[no-untyped-call]
+        if _stop_asked_early.is_set():
+            self._stop_requested = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     parser.add_argument("--name", help="worker name (default: host and pid)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, _stop_asked_early.handler)
+    signal.signal(signal.SIGTERM, _stop_asked_early.handler)
     try:
         services = start_process("worker")
     except ConfigError as error:
@@ -30,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     use_services(services)
     try:
-        worker = SimpleWorker([services.queue], connection=services.redis, name=args.name)
+        worker = OnwardWorker([services.queue], connection=services.redis, name=args.name)
         worker.work(burst=args.burst, with_scheduler=False)
     finally:
         services.close()

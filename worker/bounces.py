@@ -10,14 +10,13 @@ import argparse
 import logging
 import signal
 import sys
-import threading
-from types import FrameType
 
 from app.bounces import BounceSourceError, ImapMailbox, apply_letters
 from app.checks import check_production
 from app.config import ConfigError, Settings
 from app.logs import configure_logging
 from app.services import Services
+from app.stopping import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         services.close()
         return 2
     source = ImapMailbox.from_url(hygiene.bounce_imap_url)
-    stop = threading.Event()
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop = StopFlag()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while True:
             try:

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from types import FrameType
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +23,7 @@ from app.db import session_scope
 from app.sending import dispatch
 from app.services import Services
 from app.signups import queue_waiting_signups
+from app.stopping import StopFlag
 from app.ticks import record_tick
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def housekeeping(services: Services) -> int:
         return drip.forget_unconfirmed(session, now=services.clock())
 
 
-def run_forever(services: Services, stop: threading.Event) -> None:
+def run_forever(services: Services, stop: StopFlag | threading.Event) -> None:
     """Tick every TICK_INTERVAL until `stop` is set; outages are logged and retried."""
     interval = services.settings.tick_seconds
     log.info("scheduler ticking every %ss", interval)
@@ -128,14 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Queue due course emails.")
     parser.add_argument("--once", action="store_true", help="tick once and exit")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+    stop = StopFlag()
 
     # Before the start-up checks, so a stop asked for during them is a clean exit too.
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, stop.handler)
+    signal.signal(signal.SIGINT, stop.handler)
     try:
         services = start_process("scheduler")
     except ConfigError as error:

@@ -11,9 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
-from types import FrameType
 
 from aiosmtpd.controller import Controller
 
@@ -21,6 +19,7 @@ from app.config import ConfigError, Settings
 from app.db import make_engine, migrate
 from app.dev.catcher import start_catcher
 from app.dev.embedded_redis import EmbeddedRedis
+from app.stopping import StopFlag
 
 log = logging.getLogger("onward.launcher")
 
@@ -108,13 +107,9 @@ def main() -> int:
         )
         return 2
     launch = Launch(settings)
-    stopping = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stopping = StopFlag()
+    signal.signal(signal.SIGINT, stopping.handler)
+    signal.signal(signal.SIGTERM, stopping.handler)
     exit_code = 0
     try:
         launch.start_servers()
