@@ -304,18 +304,7 @@ def subscribe(
             requested_at=now,
         ),
     )
-    try:
-        with session.begin_nested():
-            session.add(subscriber)
-    except IntegrityError:
-        # Another request signed the same address up at the same moment.
-        live = session.scalars(
-            select(Subscriber).where(
-                Subscriber.email == email, Subscriber.status.not_in(ENDED_STATUSES)
-            )
-        ).one()
-        return SubscribeResult(SubscribeOutcome.UNCHANGED, live.id)
-    return SubscribeResult(SubscribeOutcome.CREATED, subscriber.id)
+    return _add_new(session, subscriber)
 
 
 def _ask_again(subscriber: Subscriber, policy: Policy, now: datetime) -> SubscribeOutcome:
@@ -1331,6 +1320,22 @@ def imported_state(
     return state
 
 
+def _add_new(session: Session, subscriber: Subscriber) -> SubscribeResult:
+    """Add a new subscription; if another request added the address's live one at the
+    same moment, that one stands (the unique index on live addresses decides)."""
+    try:
+        with session.begin_nested():
+            session.add(subscriber)
+    except IntegrityError:
+        live = session.scalars(
+            select(Subscriber).where(
+                Subscriber.email == subscriber.email, Subscriber.status.not_in(ENDED_STATUSES)
+            )
+        ).one()
+        return SubscribeResult(SubscribeOutcome.UNCHANGED, live.id)
+    return SubscribeResult(SubscribeOutcome.CREATED, subscriber.id)
+
+
 def subscribe_confirmed(
     session: Session,
     email: str,
@@ -1372,15 +1377,4 @@ def subscribe_confirmed(
         ),
     )
     _send_at_once(subscriber, now)
-    try:
-        with session.begin_nested():
-            session.add(subscriber)
-    except IntegrityError:
-        # Another request added the same address at the same moment.
-        live = session.scalars(
-            select(Subscriber).where(
-                Subscriber.email == email, Subscriber.status.not_in(ENDED_STATUSES)
-            )
-        ).one()
-        return SubscribeResult(SubscribeOutcome.UNCHANGED, live.id)
-    return SubscribeResult(SubscribeOutcome.CREATED, subscriber.id)
+    return _add_new(session, subscriber)

@@ -486,16 +486,7 @@ def send_notice(services: Services, subscriber_id: int, number: int) -> str:
     except DeliveryFailure as failure:
         error, failure_class = str(failure), failure.cls
         if failure_class == FailureClass.RECIPIENT_PERMANENT:
-            with session_scope(services.sessions) as session:
-                drip.fail_delivery(
-                    session,
-                    planned.delivery_id,
-                    error=error,
-                    now=now,
-                    bounce=True,
-                    keys=services.mailbox_keys,
-                    failure_class=failure_class,
-                )
+            _bounce(services, planned, error, now)
             return "bounced"
         if failure_class == FailureClass.THROTTLED and services.send_rate is not None:
             services.send_rate.slow_down(error)
@@ -511,6 +502,20 @@ def send_notice(services: Services, subscriber_id: int, number: int) -> str:
     return "sent" if error is None else "failed"
 
 
+def _bounce(services: Services, planned: drip.PlannedEmail, error: str, now: datetime) -> None:
+    """The relay refused the recipient for good: fail the email, bounce the address."""
+    with session_scope(services.sessions) as session:
+        drip.fail_delivery(
+            session,
+            planned.delivery_id,
+            error=error,
+            now=now,
+            bounce=True,
+            keys=services.mailbox_keys,
+            failure_class=FailureClass.RECIPIENT_PERMANENT,
+        )
+
+
 def _failed(
     services: Services, planned: drip.PlannedEmail, failure: DeliveryFailure, now: datetime
 ) -> Outcome:
@@ -518,16 +523,7 @@ def _failed(
     error = str(failure)
     cls = failure.cls
     if cls == FailureClass.RECIPIENT_PERMANENT:
-        with session_scope(services.sessions) as session:
-            drip.fail_delivery(
-                session,
-                planned.delivery_id,
-                error=error,
-                now=now,
-                bounce=True,
-                keys=services.mailbox_keys,
-                failure_class=cls,
-            )
+        _bounce(services, planned, error, now)
         log.info("subscriber %s bounced: %s", planned.subscriber_id, error)
         return Outcome("bounced")
     if cls in (FailureClass.RECIPIENT_TEMPORARY, FailureClass.OURS):
