@@ -237,12 +237,25 @@ def click_through(browser: Any, element: Any, timeout: float = 20) -> None:
     A click returns as soon as the browser has the event; on a busy machine the old
     page is still there for a moment, and a look at it would see the wrong page.
     """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old_page = browser.find_element(By.TAG_NAME, "html")
+
+    def gone(_driver: Any) -> bool:
+        try:
+            old_page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            # chromedriver says this, not "stale", when the page goes while it looks.
+            if "does not belong to the document" in str(error):
+                return True
+            raise
+        return False
+
     element.click()
     wait = WebDriverWait(browser, timeout)
-    wait.until(expected_conditions.staleness_of(old_page))
+    wait.until(gone)
     wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")

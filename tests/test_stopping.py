@@ -93,12 +93,10 @@ def test_sigint_then_sigterm_stops_the_process(
                 time.sleep(0.3)  # still importing, checking settings or registering
             process.send_signal(signal.SIGINT)
             process.send_signal(signal.SIGTERM)
-            # Stopped within 20 s, not hung (TimeoutExpired fails the test). Once running
-            # the exit is clean; while Python is still importing, the signal's own default
-            # (KeyboardInterrupt) may end it first.
-            code = process.wait(timeout=20)
-            if when == "running":
-                assert code == 0
+            # Stopped within 20 s, not hung: TimeoutExpired fails the test. (The exit
+            # status depends on where the signals land: a warm stop, rq's cold stop on
+            # the second signal, or, while Python still imports, KeyboardInterrupt.)
+            process.wait(timeout=20)
         finally:
             if process.poll() is None:
                 process.kill()
