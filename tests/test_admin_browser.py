@@ -117,13 +117,13 @@ def axe_violations(driver: Any, axe: str) -> list[dict[str, Any]]:
     return violations
 
 
-def check_page(driver: Any, axe: str, name: str) -> None:
+def check_page(driver: Any, axe: str, name: str, *, kind: str = "admin") -> None:
     """axe finds nothing on this page, and nothing is wider than the window; keep a screenshot
     when asked to."""
     folder = os.environ.get("SCREENSHOT_DIR")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(folder) / f"admin-{name}.png"))
+        driver.save_screenshot(str(Path(folder) / f"{kind}-{name}.png"))
     violations = axe_violations(driver, axe)
     assert not violations, f"{name}: " + "; ".join(
         f"{v['id']}: {v['help']} ({[n['target'] for n in v['nodes']][:3]})" for v in violations

@@ -10,11 +10,9 @@ SCREENSHOT_DIR=folder keeps a screenshot of each page.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +28,7 @@ from tests.test_admin_browser import (  # noqa: F401 (fixtures)
     axe_violations,
     browser,
 )
+from tests.test_admin_browser import check_page as admin_check_page
 from tests.test_web import path_of, statuses
 
 pytestmark = pytest.mark.browser
@@ -67,19 +66,8 @@ def contrast(first: str, second: str) -> float:
 
 
 def check_page(driver: Any, axe: str, name: str) -> None:
-    """No axe violations, nothing wider than the window; a screenshot when asked."""
-    folder = os.environ.get("SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(folder) / f"page-{name}.png"))
-    violations = axe_violations(driver, axe)
-    assert not violations, f"{name}: " + "; ".join(
-        f"{v['id']}: {v['help']} ({[n['target'] for n in v['nodes']][:3]})" for v in violations
-    )
-    overflow = driver.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;"
-    )
-    assert overflow <= 0, f"{name}: the page is {overflow}px wider than the window"
+    """The console's page check (axe, width, screenshot), for a public page."""
+    admin_check_page(driver, axe, name, kind="page")
 
 
 def card_background(driver: Any) -> str:
