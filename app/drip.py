@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from app.models import (
     SuppressionReason,
     template_name,
 )
+
+log = logging.getLogger(__name__)
 
 S = SubscriberStatus
 
@@ -749,7 +752,8 @@ def begin_deliveries(
     A handful of statements for the whole list, whatever its length. The ledger
     row is unique per (subscriber, email): an email another worker is sending, or
     that was sent, is left out. A row left `sending` longer than the claim lease
-    (a crashed worker) is taken over and sent again with the same Message-ID.
+    (a crashed worker) is taken over and sent again with the same Message-ID, unless
+    the relay had the whole email (`handed_at`): that one counts as sent.
     Nothing goes to a suppressed mailbox but a confirmation, and no confirmation
     past the mailbox's daily cap (see `_cleared`). A subscription not due (backoff),
     gone, or whose claim lapsed (it may be queued elsewhere) is left out.
@@ -770,6 +774,7 @@ def begin_deliveries(
     suppressed = store.suppressions_of(session, list(mailboxes.values()))
     planned: list[PlannedEmail] = []
     fresh: list[tuple[Subscriber, EmailKind, int, str]] = []
+    presumed: list[int] = []
     for subscriber, kind, number in due:
         delivery = ledger.get((subscriber.id, kind, number))
         since = suppressed.get(mailboxes.get(subscriber.id, ""))
@@ -788,13 +793,18 @@ def begin_deliveries(
             # this module, which does both in one transaction): move it on now.
             _advance(subscriber, kind, number, policy, now)
             continue
-        if (
-            delivery.status == DeliveryStatus.SENDING
-            and now - delivery.started_at < policy.claim_lease
-        ):
-            continue
+        if delivery.status == DeliveryStatus.SENDING:
+            if now - delivery.started_at < policy.claim_lease:
+                continue
+            if delivery.handed_at is not None:
+                # Its worker died after the relay had the whole email, before it read
+                # the answer: sending it again could only duplicate it.
+                _mark_sent(delivery, subscriber, policy, delivery.handed_at)
+                presumed.append(delivery.id)
+                continue
         delivery.status = DeliveryStatus.SENDING
         delivery.started_at = now
+        delivery.handed_at = None
         delivery.attempts += 1
         planned.append(
             _planned(subscriber, kind, number, delivery.id, delivery.message_id, policy, now)
@@ -819,6 +829,13 @@ def begin_deliveries(
         for subscriber, kind, number, message_id in fresh
         if subscriber.id in inserted
     )
+    if presumed:
+        log.warning(
+            "%d emails counted as sent: handed to the relay by a worker that stopped before "
+            "it read the answer (ledger rows %s)",
+            len(presumed),
+            ", ".join(map(str, presumed[:10])),
+        )
     return sorted(planned, key=lambda email: email.subscriber_id)
 
 
@@ -977,14 +994,17 @@ def finish_deliveries(
         for subscriber in store.lock_subscribers(session, [row.subscriber_id for row in rows])
     }
     for delivery in rows:
-        delivery.status = DeliveryStatus.SENT
-        delivery.sent_at = now
-        delivery.error = None
-        delivery.failure_class = None
-        subscriber = subscribers[delivery.subscriber_id]
-        subscriber.send_failures = 0
-        subscriber.last_error = None
-        _advance(subscriber, delivery.kind, delivery.number, policy, now)
+        _mark_sent(delivery, subscribers[delivery.subscriber_id], policy, now)
+
+
+def _mark_sent(delivery: Delivery, subscriber: Subscriber, policy: Policy, now: datetime) -> None:
+    delivery.status = DeliveryStatus.SENT
+    delivery.sent_at = now
+    delivery.error = None
+    delivery.failure_class = None
+    subscriber.send_failures = 0
+    subscriber.last_error = None
+    _advance(subscriber, delivery.kind, delivery.number, policy, now)
 
 
 def release_deliveries(session: Session, delivery_ids: list[int]) -> None:

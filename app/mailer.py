@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
+import socket
 import ssl
+from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -79,6 +82,10 @@ class SmtpMailer:
                 )
             else:
                 connection = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+            # The message's final "." goes out in a write of its own, after its
+            # `handed_at` mark: without this, Nagle's algorithm would hold it back
+            # until the relay's delayed ACK of the body (tens of milliseconds).
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection.ehlo()
             if settings.starttls:
                 connection.starttls(context=ssl.create_default_context())
@@ -95,7 +102,12 @@ class SmtpMailer:
         return connection
 
     def send(
-        self, message: EmailMessage | bytes, *, to: str, envelope_from: str | None = None
+        self,
+        message: EmailMessage | bytes,
+        *,
+        to: str,
+        envelope_from: str | None = None,
+        before_end: Callable[[], None] | None = None,
     ) -> None:
         """Hand one message for the envelope address `to` to the relay.
 
@@ -104,6 +116,10 @@ class SmtpMailer:
         relay must offer. `envelope_from` (MAIL FROM, where bounces go: the VERP
         return path) defaults to the From address. A message given as bytes is
         already in wire form (CRLF line ends) and needs `envelope_from`.
+
+        `before_end` runs when the relay has all of the message but its final ".":
+        if it raises, the message is abandoned (the relay discards it) and what it
+        raised propagates.
         """
         if isinstance(message, bytes):
             if not envelope_from:
@@ -129,8 +145,9 @@ class SmtpMailer:
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = self._connect()
+            transaction = _Transaction(self._connection, sender, to, payload, options)
             try:
-                self._connection.sendmail(sender, [to], payload, mail_options=options)
+                transaction.run(before_end)
                 return
             except smtplib.SMTPRecipientsRefused as error:
                 code, reason = next(iter(error.recipients.values()))
@@ -153,9 +170,17 @@ class SmtpMailer:
             except UnicodeError as error:
                 raise _ours(f"cannot encode the envelope for {to!r}: {error!r}") from error
             except (smtplib.SMTPServerDisconnected, OSError) as error:
+                self._drop()
+                if transaction.ended:
+                    # The relay had the whole message and its final "."; the answer
+                    # never came. It may have the email: trying again at once on a new
+                    # connection would send it twice in the common case. It waits, as
+                    # any relay failure does, and goes again later (at least once).
+                    raise _relay(
+                        f"SMTP connection lost after the end of the message: {error}"
+                    ) from error
                 # A reused connection may have been closed by the relay while idle:
                 # reconnect once before calling the relay unavailable.
-                self._drop()
                 if attempt == 2:
                     raise _relay(f"SMTP connection lost: {error}") from error
             except smtplib.SMTPResponseException as error:
@@ -166,6 +191,11 @@ class SmtpMailer:
             except smtplib.SMTPException as error:
                 self._drop()
                 raise _relay(f"SMTP error: {error}") from error
+            except BaseException:
+                # `before_end` refused: the message must not be completed. Closing the
+                # connection without its final "." makes the relay discard it.
+                self._drop()
+                raise
 
     def _drop_after(self, code: int) -> None:
         # 421 means the relay is closing the connection (smtplib has closed it).
@@ -189,3 +219,92 @@ class SmtpMailer:
             connection.quit()
         except (OSError, smtplib.SMTPException):
             connection.close()
+
+
+#: A line of the message that starts with "." gets another (RFC 5321, 4.5.2).
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+class _Transaction:
+    """One SMTP mail transaction on an open connection, as smtplib's `sendmail` runs it,
+    with two differences: MAIL, RCPT and DATA go out in one write when the relay offers
+    PIPELINING (RFC 2920), and a hook runs before the message's final "."."""
+
+    def __init__(
+        self, connection: smtplib.SMTP, sender: str, to: str, payload: bytes, options: list[str]
+    ) -> None:
+        self.connection = connection
+        self.sender = sender
+        self.to = to
+        self.payload = payload
+        self.options = options
+        #: The final "." went out: from here on the relay may have the email.
+        self.ended = False
+
+    def run(self, before_end: Callable[[], None] | None) -> None:
+        """Send the message; raise smtplib's exceptions as `sendmail` does."""
+        connection = self.connection
+        options = list(self.options)
+        if connection.has_extn("size"):
+            options.append(f"SIZE={len(self.payload)}")
+        if self.options or not connection.has_extn("pipelining"):
+            # SMTPUTF8 (the only option we pass) changes how commands are encoded:
+            # smtplib's own commands take care of it.
+            self._expect(connection.mail(self.sender, options), mail=True)
+            self._expect(connection.rcpt(self.to), rcpt=True)
+            connection.putcmd("data")
+            data = connection.getreply()
+        else:
+            extra = "".join(f" {option}" for option in options)
+            connection.send(
+                f"MAIL FROM:{smtplib.quoteaddr(self.sender)}{extra}\r\n"
+                f"RCPT TO:{smtplib.quoteaddr(self.to)}\r\n"
+                "DATA\r\n"
+            )
+            mail = connection.getreply()
+            rcpt = self._reply_or_closed()
+            data = self._reply_or_closed()
+            if data[0] == 354 and (mail[0] != 250 or rcpt[0] not in (250, 251)):
+                # A relay that took DATA after refusing the sender or the recipient:
+                # end the empty message at once, to be refused for lack of a recipient.
+                connection.send(b".\r\n")
+                self._reply_or_closed()
+            self._expect(mail, mail=True)
+            self._expect(rcpt, rcpt=True)
+        if data[0] != 354:
+            self._refused(data, smtplib.SMTPDataError(*data))
+        body = _LEADING_DOT.sub(b"..", self.payload)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        connection.send(body)
+        if before_end is not None:
+            before_end()
+        self.ended = True
+        connection.send(b".\r\n")
+        answer = connection.getreply()
+        if answer[0] != 250:
+            self._refused(answer, smtplib.SMTPDataError(*answer))
+
+    def _reply_or_closed(self) -> tuple[int, bytes]:
+        # After a 421 the relay closes the connection: the answers that follow never come.
+        try:
+            return self.connection.getreply()
+        except smtplib.SMTPServerDisconnected:
+            return (421, b"connection closed")
+
+    def _expect(self, reply: tuple[int, bytes], *, mail: bool = False, rcpt: bool = False) -> None:
+        code, text = reply
+        if mail and code != 250:
+            self._refused(reply, smtplib.SMTPSenderRefused(code, text, self.sender))
+        if rcpt and code not in (250, 251):
+            self._refused(reply, smtplib.SMTPRecipientsRefused({self.to: (code, text)}))
+
+    def _refused(self, reply: tuple[int, bytes], error: smtplib.SMTPException) -> None:
+        if reply[0] == 421:
+            self.connection.close()
+        else:
+            try:
+                self.connection.rset()
+            except OSError:  # smtplib's errors are OSErrors; the refusal is what matters
+                log.debug("RSET after a refusal failed", exc_info=True)
+        raise error

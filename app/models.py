@@ -174,6 +174,11 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Set while `sending`, just before the email's final "." went to the relay: the relay
+    #: had the whole message. A row still `sending` with this set once its lease lapsed
+    #: belongs to a worker that died before it read the answer: it counts as sent, since
+    #: sending it again could only duplicate it (see sending.send_batch).
+    handed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: When the recipient's mail server reported the email delivered (a provider event).
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)

@@ -9,7 +9,6 @@ stays with that email; the batch goes on.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -212,10 +211,18 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
 
     The batch's claims are renewed when it starts; a subscription whose claim
     lapsed before then is left alone (it may be queued elsewhere). Emails go in
-    chunks: each chunk is written to the ledger in one transaction before any of
-    it is handed to the relay, and each email the relay accepts is marked sent at
-    once, from a thread of its own while the next goes out (`_Recorder`), so a
-    retry or a second worker never sends it twice.
+    chunks: each chunk is begun in the ledger in one transaction before any of it
+    is handed to the relay, and recorded as sent in one transaction after.
+
+    Between the two, each email's ledger row is marked `handed_at` (one small
+    commit) once the relay has all of it but its final ".", and before that "."
+    goes out. A worker killed at any moment therefore leaves each email in one of
+    two states: unmarked, which the relay cannot have completed, and which is sent
+    again (same Message-ID) once its lease lapses; or marked, which the relay had
+    in full, and which then counts as sent and is never sent twice. Only a worker
+    killed between the mark's commit and the "." itself (a few microseconds), or a
+    relay that refused the email after the "." just as its worker died, can lose
+    an email; no kill can duplicate one.
     """
     report = BatchReport()
     settings = services.settings
@@ -227,8 +234,7 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
     budget = min(JOB_TIMEOUT, settings.claim_lease.total_seconds()) * BATCH_TIME_SHARE
     deadline = time.monotonic() + budget
     pending = list(held)
-    recorder = _Recorder(services)
-    with services.mailer() as mailer, recorder:
+    with services.mailer() as mailer, store.Handover(services.engine) as handover:
         while pending:
             now = services.clock()
             gate = services.breaker.gate(now)
@@ -241,7 +247,7 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
             size = 1 if gate == Gate.PROBE else SEND_CHUNK
             chunk, pending = pending[:size], pending[size:]
             stop = _send_chunk(
-                services, mailer, recorder, chunk, now, report, probe=gate == Gate.PROBE
+                services, mailer, handover, chunk, now, report, probe=gate == Gate.PROBE
             )
             if stop is not None:
                 _hand_back(services, pending, stop.retry_at)
@@ -262,18 +268,17 @@ class Outcome:
 def _send_chunk(
     services: Services,
     mailer: SmtpMailer,
-    recorder: _Recorder,
+    handover: store.Handover,
     subscriber_ids: list[int],
     now: datetime,
     report: BatchReport,
     *,
     probe: bool,
 ) -> Outcome | None:
-    """Begin and send one chunk; return the outcome that stops the batch, if one did.
+    """Begin, send and record one chunk; return the outcome that stops the batch, if one did.
 
-    Each email the relay accepts goes to `recorder` at once, to be marked sent while
-    the next one goes out. Emails begun but not handed over when the batch stops are
-    given back at once.
+    Emails begun but not handed over when the batch stops are given back at once.
+    What the relay accepted is recorded even when the batch stops on an error.
     """
     with session_scope(services.sessions) as session:
         planned = drip.begin_deliveries(
@@ -287,112 +292,46 @@ def _send_chunk(
     # Paused, ended, not due yet (backoff), sent, being sent elsewhere, lapsed,
     # or held back by the suppression list or the confirmation cap.
     report.add("skipped", len(subscriber_ids) - len(planned))
-    for index, email in enumerate(planned):
-        # While recording lags (the database is slow or away), send no more; if it
-        # failed for good, stop.
-        recorder.ready()
-        try:
-            outcome = _send_one(services, mailer, email, now)
-        finally:
-            if probe:
-                services.breaker.end_probe()
-        report.add(outcome.name)
-        if outcome.name == "sent":
-            recorder.add(email.delivery_id, now)
-            if probe:
-                services.breaker.succeeded()
-        if outcome.stop:
-            rest = planned[index + 1 :]
-            with session_scope(services.sessions) as session:
-                drip.release_deliveries(session, [e.delivery_id for e in rest])
-                store.release_claims(
-                    session, [e.subscriber_id for e in rest], retry_at=outcome.retry_at
-                )
-            report.add("waiting", len(rest))
-            return outcome
+    accepted: list[int] = []
+    try:
+        for index, email in enumerate(planned):
+            try:
+                outcome = _send_one(services, mailer, handover, email, now)
+            finally:
+                if probe:
+                    services.breaker.end_probe()
+            report.add(outcome.name)
+            if outcome.name == "sent":
+                accepted.append(email.delivery_id)
+                if probe:
+                    services.breaker.succeeded()
+            if outcome.stop:
+                rest = planned[index + 1 :]
+                with session_scope(services.sessions) as session:
+                    drip.release_deliveries(session, [e.delivery_id for e in rest])
+                    store.release_claims(
+                        session, [e.subscriber_id for e in rest], retry_at=outcome.retry_at
+                    )
+                report.add("waiting", len(rest))
+                return outcome
+    finally:
+        # Marked `handed_at`, these count as sent even if this fails for good.
+        _record_sent(services, accepted, now)
     return None
 
 
-#: Accepted emails that may wait to be recorded as sent before the sender waits too:
-#: what a worker killed at that moment would send again.
-UNRECORDED_LIMIT = 10
-
-
-class _Recorder:
-    """Marks accepted emails sent from a thread of its own, as soon as each is accepted.
-
-    Between the relay's 250 and the ledger's commit lies the one window in which a
-    worker killed outright leaves an email `sending`, to be sent again (same
-    Message-ID) once its lease lapses. Recording at once keeps that window to about
-    one commit, while sending goes on during it: what was accepted meanwhile is
-    recorded together in the next commit. Leaving the `with` block waits until every
-    accepted email is recorded, and raises what recording raised.
-    """
-
-    def __init__(self, services: Services) -> None:
-        self._services = services
-        self._waiting: list[tuple[int, datetime]] = []
-        #: Accepted and not yet committed as sent (waiting, or in the commit under way).
-        self._unrecorded = 0
-        self._done = False
-        self._error: BaseException | None = None
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="ledger-recorder", daemon=True)
-
-    def __enter__(self) -> _Recorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._changed:
-            self._done = True
-            self._changed.notify_all()
-        self._thread.join()
-        # An error already on its way out stays the one raised.
-        if exc_info[0] is None and self._error is not None:
-            raise self._error
-
-    def add(self, delivery_id: int, now: datetime) -> None:
-        """Record this accepted email as sent, as soon as possible."""
-        with self._changed:
-            self._waiting.append((delivery_id, now))
-            self._unrecorded += 1
-            self._changed.notify_all()
-
-    def ready(self) -> None:
-        """Wait until fewer than UNRECORDED_LIMIT accepted emails are unrecorded; raise the
-        error that stopped the recording, if one did."""
-        with self._changed:
-            while self._unrecorded >= UNRECORDED_LIMIT and self._error is None:
-                self._changed.wait()
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._waiting and not self._done:
-                    self._changed.wait()
-                if not self._waiting:
-                    return
-                taken, self._waiting = self._waiting, []
-            try:
-                _record_sent(self._services, [i for i, _ in taken], taken[-1][1])
-            except BaseException as error:  # the sender must hear of it, whatever it is
-                # These rows stay `sending`: sent again once their lease lapses.
-                with self._changed:
-                    self._error = error
-                    self._changed.notify_all()
-                return
-            with self._changed:
-                self._unrecorded -= len(taken)
-                self._changed.notify_all()
-
-
 def _send_one(
-    services: Services, mailer: SmtpMailer, planned: drip.PlannedEmail, now: datetime
+    services: Services,
+    mailer: SmtpMailer,
+    handover: store.Handover,
+    planned: drip.PlannedEmail,
+    now: datetime,
 ) -> Outcome:
-    """Send one begun email; whatever goes wrong stays with this email."""
+    """Send one begun email; whatever goes wrong stays with this email.
+
+    A database that cannot take the email's `handed_at` mark stops the batch
+    (the error propagates): the email is not completed, and waits for its lease.
+    """
     recipient = _recipient(services, planned, now)
     try:
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
@@ -417,9 +356,19 @@ def _send_one(
         if services.send_rate is not None:
             services.send_rate.wait()
         envelope_from = services.return_path(planned.message_id) or _from_address(services)
-        mailer.send(message, to=to, envelope_from=envelope_from)
+        mailer.send(
+            message,
+            to=to,
+            envelope_from=envelope_from,
+            before_end=lambda: handover.mark(planned.delivery_id, now),
+        )
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
+    except store.LedgerRowGone:
+        # Erased, or taken over after its lease lapsed, while the batch ran.
+        return Outcome("skipped")
+    except SQLAlchemyError:
+        raise
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
     return Outcome("sent")
@@ -589,10 +538,11 @@ def next_step_when(planned: drip.PlannedEmail, now: datetime) -> str:
 def _record_sent(services: Services, delivery_ids: list[int], now: datetime) -> None:
     """Mark these emails sent in one transaction, trying again while the database is away.
 
-    The relay already has the email. Another worker takes a `sending` row over
-    (and sends it again, same Message-ID) only after a whole claim lease, so
-    recording keeps trying for RECORD_TIME_SHARE of the lease: a database
-    restart or failover in that time sends nothing twice.
+    The relay already has them, and their rows are marked `handed_at`: if this
+    fails for good, they count as sent once their lease lapses (never sent twice),
+    but their subscriptions move on only then. Recording keeps trying for
+    RECORD_TIME_SHARE of the lease, so a database restart or failover in that time
+    delays nothing.
     """
     if not delivery_ids:
         return
@@ -606,8 +556,8 @@ def _record_sent(services: Services, delivery_ids: list[int], now: datetime) -> 
             return
         except SQLAlchemyError as error:
             if time.monotonic() + delay > deadline:
-                # The ledger row stays `sending`; when its lease lapses the email is
-                # sent again with the same Message-ID (at least once, never lost).
+                # The ledger rows stay `sending`, marked `handed_at`: when their lease
+                # lapses the next batch counts them as sent.
                 raise
             log.warning(
                 "recording %d deliveries as sent failed, retrying in %.1fs: %s",

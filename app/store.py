@@ -28,8 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -172,6 +172,86 @@ def release_claims(session: Session, ids: list[int], *, retry_at: datetime | Non
         .values(claimed_until=None)
         .execution_options(synchronize_session=False)
     )
+
+
+class LedgerRowGone(Exception):
+    """The ledger row of an email about to be handed over is no longer `sending`."""
+
+
+#: The one write per email: the relay is about to have all of it.
+_MARK_HANDED = (
+    update(Delivery)
+    .where(Delivery.id == bindparam("delivery_id"), Delivery.status == DeliveryStatus.SENDING)
+    .values(handed_at=bindparam("handed_at", type_=UTCDateTime))
+)
+
+
+class Handover:
+    """Marks ledger rows `handed_at`, each in a transaction of its own, on one connection.
+
+    The mark is the smallest write there is, since it is made once per email while
+    the relay waits for the message's final ".". On PostgreSQL its commit does not
+    wait for the disk (`synchronous_commit` off, for this connection only): a mark
+    lost in a database crash leaves its row unmarked, which is sent again, so the
+    shortcut can cost a duplicate, never a lost email. Use it as a context manager.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+
+    def __enter__(self) -> Handover:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def mark(self, delivery_id: int, now: datetime) -> None:
+        """Commit that this email's final "." is about to go out.
+
+        Raises LedgerRowGone if the row is no longer `sending` (erased, or taken
+        over after a lapse): its email must not be handed over. Raises what the
+        database raises if it cannot be written: the email must not go out either.
+        """
+        try:
+            connection = self._connection or self._open()
+            marked = connection.execute(
+                _MARK_HANDED, {"delivery_id": delivery_id, "handed_at": now}
+            ).rowcount
+            connection.commit()
+        except SQLAlchemyError:
+            self._discard()
+            raise
+        if marked != 1:
+            raise LedgerRowGone(f"ledger row {delivery_id} is no longer being sent")
+
+    def _open(self) -> Connection:
+        connection = self._engine.connect()
+        if connection.dialect.name == "postgresql":
+            # Autocommit: each mark is one statement and one round trip, and commit()
+            # sends nothing. (SQLite's commit costs no round trip: it keeps its own.)
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("SET synchronous_commit TO off")
+        self._connection = connection
+        return connection
+
+    def _discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.invalidate()
+            connection.close()
+
+    def close(self) -> None:
+        """Give the connection back to the pool, as it was."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("RESET synchronous_commit")
+        except SQLAlchemyError:
+            connection.invalidate()
+        connection.close()
 
 
 def lock_subscriber(session: Session, subscriber_id: int) -> Subscriber | None:
