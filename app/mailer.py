@@ -85,7 +85,8 @@ class SmtpMailer:
             # The message's final "." goes out in a write of its own, after its
             # `handed_at` mark: without this, Nagle's algorithm would hold it back
             # until the relay's delayed ACK of the body (tens of milliseconds).
-            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if connection.sock is not None:
+                connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection.ehlo()
             if settings.starttls:
                 connection.starttls(context=ssl.create_default_context())
