@@ -126,6 +126,7 @@ def claim_due_batches(
     # the column stores: tens of thousands of rows skip the ORM's and UTCDateTime's
     # per-row work.
     table = Subscriber.__table__
+    assert isinstance(table, Table)
     rows = sorted(
         session.connection().execute(
             update(table)
