@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import idna
 import mrml
-from jinja2 import Environment, StrictUndefined, Template, TemplateError
+from jinja2 import Environment, StrictUndefined, Template, TemplateError, meta
 
 from app.clicks import track_links
 from app.course import Course
@@ -35,7 +34,8 @@ _SKIP_TAGS = {"style", "script", "head", "title"}
 #: Elements with this class (the brand line, the "Step 3 of 10" eyebrow) are left out of
 #: the text part, where the subject line and the heading already say it.
 HTML_ONLY = "html-only"
-_BLANK_LINES = re.compile(r"\n{3,}")
+# Written with a literal prefix, which the regex engine searches for far faster than `\n{3,}`.
+_BLANK_LINES = re.compile(r"\n\n\n+")
 _VOID_TAGS = {"br", "img", "meta", "link", "hr"}
 #: The preheader's hidden div, as mrml writes it from <mj-preview>.
 _PREHEADER = re.compile(r'(<div style="display:none;[^"]*">)(.*?)(</div>)', re.S)
@@ -48,6 +48,13 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9' -]*")
 _MAX_LINE = 78
 #: UTF-8 bytes per encoded word: 45 bytes are 60 base64 characters, under RFC 2047's 75.
 _WORD_BYTES = 45
+#: Quoted-printable: bytes left as they are mid-line (`=` is escaped on its own, first).
+_QP_LITERAL = bytes([9, 10, *range(32, 127)])
+#: The longest quoted-printable line before a soft break (`=`), as binascii writes it.
+_QP_LINE = 75
+#: The pieces of an escaped line between soft breaks: 75 characters, fewer where an
+#: escape (`=XX`) would be cut, and the line's last 76 if its last one is not escaped.
+_QP_CHUNK = re.compile(rb".{74}(?==)|.{73}(?==)|.{75}(?=..)|.+")
 
 
 class EmailTemplateError(RuntimeError):
@@ -68,6 +75,8 @@ class CompiledEmail:
     step: int | None = None
     #: Every step's action, in order, for the recap links (the last step only).
     actions: tuple[str, ...] = ()
+    #: The subject, rendered once, when it names no variable (the same for everyone).
+    fixed_subject: str | None = None
 
 
 class HtmlToText(HTMLParser):
@@ -201,14 +210,17 @@ class EmailCatalog:
             raise EmailTemplateError(f"{name}.mjml: the course names it but there is no such file")
         markup = add_preheader_spacer(compile_mjml(path).content)
         try:
+            subject_template = self._text_env.from_string(subject)
+            fixed = not meta.find_undeclared_variables(self._text_env.parse(subject))
             self._emails[name] = CompiledEmail(
                 name=name,
-                subject=self._text_env.from_string(subject),
+                subject=subject_template,
                 html=self._html_env.from_string(markup),
                 text=self._text_env.from_string(html_to_text(markup)),
                 context=context,
                 step=step,
                 actions=actions,
+                fixed_subject=subject_template.render(context).strip() if fixed else None,
             )
         except TemplateError as error:
             raise EmailTemplateError(f"{name}.mjml: {error}") from None
@@ -305,7 +317,10 @@ def render(
         context["recap"] = [
             (links.step_url(number), action) for number, action in enumerate(email.actions, 1)
         ]
-    context["subject"] = subject = email.subject.render(context).strip()
+    subject = email.fixed_subject
+    if subject is None:
+        subject = email.subject.render(context).strip()
+    context["subject"] = subject
     # Paragraphs left out by a condition ({% if reply_to %}) leave blank lines behind.
     text = _BLANK_LINES.sub("\n\n", email.text.render(context))
     rendered = RenderedEmail(subject=subject, html=email.html.render(context), text=text)
@@ -438,15 +453,44 @@ def _text_part(subtype: str, content: str) -> bytes:
         content += "\n"
     data = content.encode("utf-8")
     if data.isascii() and max(map(len, data.split(b"\n"))) <= _MAX_LINE:
-        encoding, body = "7bit", data
+        encoding, body = "7bit", data.replace(b"\n", b"\r\n")
     else:
-        encoding, body = "quoted-printable", binascii.b2a_qp(data, istext=True)
+        encoding, body = "quoted-printable", quoted_printable(data)
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode("ascii")
-        + body.replace(b"\n", b"\r\n")
+        + body
         + b"\r\n"
     )
+
+
+def quoted_printable(data: bytes) -> bytes:
+    """`binascii.b2a_qp(data, istext=True)`, byte for byte, with CRLF line ends.
+
+    binascii looks at every byte in C, twice; escaping whole byte values with
+    `bytes.replace` and then breaking only the long lines does the same work in
+    about half the time for an email's HTML. `data` must use LF line ends (no CR)
+    and end with one, as `_text_part` makes it.
+    """
+    data = data.replace(b"=", b"=3D")
+    # Any other byte to escape (UTF-8 lead and continuation bytes, controls): each
+    # value once. The escapes written are ASCII letters and digits, never escaped again.
+    for byte in set(data.translate(None, _QP_LITERAL)):
+        data = data.replace(bytes((byte,)), b"=%02X" % byte)
+    lines = data.split(b"\n")
+    for index, line in enumerate(lines):
+        if not line:
+            continue
+        # A line that is only a dot (or a dot and a NUL) has its dot escaped.
+        if line[0] == 46 and (len(line) == 1 or line.startswith(b".=00")):
+            line = b"=2E" + line[1:]
+        if len(line) > _QP_LINE:
+            line = b"=\r\n".join(_QP_CHUNK.findall(line))
+        # Whitespace ending a line is escaped (after the breaks, as binascii does).
+        if line[-1] in b" \t":
+            line = line[:-1] + b"=%02X" % line[-1]
+        lines[index] = line
+    return b"\r\n".join(lines)
 
 
 @lru_cache(maxsize=256)

@@ -79,7 +79,7 @@ def schema(db: Engine) -> list[tuple[str, ...]]:
     """Everything the database says about Onward's tables, in a stable order.
 
     This sees what compare_metadata does not: partial-index predicates, SQLite's
-    AUTOINCREMENT and unnamed constraints, sequences.
+    AUTOINCREMENT and unnamed constraints, sequences, PostgreSQL's storage parameters.
     """
     with db.connect() as connection:
         if db.dialect.name == "sqlite":
@@ -102,6 +102,8 @@ def schema(db: Engine) -> list[tuple[str, ...]]:
             " WHERE schemaname = 'public'",
             "SELECT 'sequence', sequencename, data_type::text, start_value::text"
             " FROM pg_sequences WHERE schemaname = 'public'",
+            "SELECT 'storage', relname, coalesce(array_to_string(reloptions, ','), '')"
+            " FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'",
         ]
         found = [tuple(map(str, row)) for q in queries for row in connection.execute(text(q))]
         return sorted(row for row in found if "alembic_version" not in row[1])

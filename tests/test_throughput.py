@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import binascii
+import random
 from collections import Counter
 from email import policy
 from email.parser import BytesParser
@@ -13,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from app import drip, sending
 from app.db import session_scope
-from app.emails import WIRE_POLICY, build_message, render, wire_message
+from app.emails import WIRE_POLICY, build_message, quoted_printable, render, wire_message
 from app.models import Delivery, DeliveryStatus, Subscriber
 from app.sending import SEND_BATCH_JOB, send_batch
 from app.services import Services
@@ -161,6 +163,31 @@ def test_wire_bytes_read_back_as_the_stdlib_message(
         assert [(p.get_content_type(), p.get_content()) for p in actual.iter_parts()] == [
             (p.get_content_type(), p.get_content()) for p in expected.iter_parts()
         ]
+
+
+def test_quoted_printable_writes_what_binascii_writes(services: Services) -> None:
+    # Every email's parts, then random lines of what its rules are about: `=`, bytes
+    # past ASCII and controls, trailing whitespace, lines of about a soft break's
+    # length, a line that is only a dot.
+    samples = []
+    for template in services.catalog.names:
+        rendered = render(
+            services.catalog.get(template), services.sender, services.sample_recipient()
+        )
+        samples += [rendered.html.encode(), rendered.text.encode()]
+    pick = random.Random(7)
+    alphabet = b"ab =.\t" + bytes([0, 1, 11, 127, 128, 200, 226]) + b"x" * 10
+    for _ in range(3000):
+        lines = []
+        for _ in range(pick.randrange(1, 4)):
+            size = pick.choice([0, 1, 5, 72, 74, 75, 76, 77, 80, 160])
+            lines.append(bytes(pick.choice(alphabet) for _ in range(size)))
+        lines += pick.choice([[], [b"."], [b".\x00a"]])
+        pick.shuffle(lines)
+        samples.append(b"\n".join(lines))
+    for data in samples:
+        data = data.rstrip(b"\n") + b"\n"
+        assert quoted_printable(data) == binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
 
 
 def test_wire_bytes_refuse_a_line_break_in_a_header(services: Services) -> None:

@@ -1,7 +1,7 @@
 """The ledger marks the moment an email's final "." is about to go to the relay.
 
 Revision ID: e5b7d1c3a9f2
-Revises: c4a1e7f2b9d0
+Revises: e8b3d5a1f6c2
 Create Date: 2026-12-04 20:10:00.000000
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "e5b7d1c3a9f2"
-down_revision: str | Sequence[str] | None = "c4a1e7f2b9d0"
+down_revision: str | Sequence[str] | None = "e8b3d5a1f6c2"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
