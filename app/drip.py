@@ -759,7 +759,7 @@ def begin_deliveries(
     gone, or whose claim lapsed (it may be queued elsewhere) is left out.
     """
     due: list[tuple[Subscriber, EmailKind, int]] = []
-    for subscriber in store.lock_subscribers(session, subscriber_ids):
+    for subscriber in store.lock_subscribers(session, subscriber_ids, with_consent=False):
         if subscriber.next_send_at is None or subscriber.next_send_at > now:
             continue
         if subscriber.claimed_until is None or subscriber.claimed_until <= now:
@@ -883,7 +883,10 @@ def _cleared(
     is the same email.
     """
     if kind == EmailKind.STEP:
-        if not _blocks(suppressed_since, subscriber.consent.confirmed_at):
+        # The consent record is read (and loaded) only for a suppressed mailbox.
+        if suppressed_since is None or not _blocks(
+            suppressed_since, subscriber.consent.confirmed_at
+        ):
             return True
         if _move(subscriber, "unsubscribe"):
             _end(subscriber, now)
@@ -991,7 +994,9 @@ def finish_deliveries(
     rows = store.deliveries(session, delivery_ids)
     subscribers = {
         subscriber.id: subscriber
-        for subscriber in store.lock_subscribers(session, [row.subscriber_id for row in rows])
+        for subscriber in store.lock_subscribers(
+            session, [row.subscriber_id for row in rows], with_consent=False
+        )
     }
     for delivery in rows:
         _mark_sent(delivery, subscribers[delivery.subscriber_id], policy, now)

@@ -273,22 +273,21 @@ def lock_subscriber(session: Session, subscriber_id: int) -> Subscriber | None:
     return session.get(Subscriber, subscriber_id, with_for_update=True)
 
 
-def lock_subscribers(session: Session, ids: list[int]) -> list[Subscriber]:
-    """The subscriptions still there, locked for this transaction, with their consent records.
+def lock_subscribers(
+    session: Session, ids: list[int], *, with_consent: bool = True
+) -> list[Subscriber]:
+    """The subscriptions still there, locked for this transaction, with their consent records
+    (loaded one by one on first use when `with_consent` is False: the sending path, which
+    needs them only for a suppressed mailbox).
 
     Locked in id order, so two transactions locking overlapping sets cannot deadlock.
     """
     if not ids:
         return []
-    return list(
-        session.scalars(
-            select(Subscriber)
-            .where(Subscriber.id.in_(ids))
-            .order_by(Subscriber.id)
-            .options(selectinload(Subscriber.consent))
-            .with_for_update(of=Subscriber)
-        )
-    )
+    query = select(Subscriber).where(Subscriber.id.in_(ids)).order_by(Subscriber.id)
+    if with_consent:
+        query = query.options(selectinload(Subscriber.consent))
+    return list(session.scalars(query.with_for_update(of=Subscriber)))
 
 
 def deliveries(session: Session, ids: list[int]) -> list[Delivery]:
