@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hmac
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode, int_to_bytes
 
 
 class Purpose(StrEnum):
@@ -29,6 +33,30 @@ class ExpiredLink(InvalidLink):
     """The link was genuine but is too old for its purpose."""
 
 
+class _KeyedSigner:
+    """Signs payloads byte for byte as `serializer.dumps` does (itsdangerous's
+    TimestampSigner: `payload.timestamp.signature`), with the key derived once."""
+
+    def __init__(self, serializer: URLSafeTimedSerializer) -> None:
+        # itsdangerous builds a signer and derives its key again for every token;
+        # its own signer, made once, gives the key, digest and separator instead.
+        signer = serializer.make_signer()
+        self._sep = signer.sep
+        self._mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+
+    def sign(self, payload: bytes, timestamp: bytes) -> str:
+        """The token of `payload` (as `dump_payload` makes it) signed at `timestamp`."""
+        value = payload + self._sep + timestamp
+        mac = self._mac.copy()
+        mac.update(value)
+        return (value + self._sep + base64_encode(mac.digest())).decode("ascii")
+
+
+def _timestamp() -> bytes:
+    """Now, as TimestampSigner writes it into a token."""
+    return base64_encode(int_to_bytes(int(time.time())))
+
+
 class LinkSigner:
     """Signs a subscription key for one purpose and reads it back."""
 
@@ -41,13 +69,27 @@ class LinkSigner:
         self._serializers = {
             purpose: URLSafeTimedSerializer(keys, salt=f"onward.{purpose}") for purpose in Purpose
         }
+        self._signers = {
+            purpose: _KeyedSigner(serializer) for purpose, serializer in self._serializers.items()
+        }
         # Only confirmation links expire: pause, unsubscribe, manage and read links sit
         # in old emails and must keep working (CAN-SPAM asks for 30 days at least).
         self._max_age = {Purpose.CONFIRM: int(confirm_max_age.total_seconds())}
 
+    def _payload(self, data: Any) -> bytes:
+        # The payload does not depend on the salt: any purpose's serializer makes it.
+        return self._serializers[Purpose.CLICK].dump_payload(data)
+
     def sign(self, purpose: Purpose, subscriber_key: str) -> str:
         """A token that lets its holder do `purpose` to this subscription."""
-        return str(self._serializers[purpose].dumps(subscriber_key))
+        return self._signers[purpose].sign(self._payload(subscriber_key), _timestamp())
+
+    def sign_each(self, purposes: Iterable[Purpose], subscriber_key: str) -> list[str]:
+        """A token for each of `purposes` on this subscription, as `sign` makes them."""
+        # One payload (its JSON, zlib attempt and base64) and one timestamp serve them all.
+        payload = self._payload(subscriber_key)
+        timestamp = _timestamp()
+        return [self._signers[purpose].sign(payload, timestamp) for purpose in purposes]
 
     def read(self, purpose: Purpose, token: str) -> str:
         """The subscription key inside a token, or InvalidLink / ExpiredLink."""
@@ -63,11 +105,8 @@ class LinkSigner:
 
     def sign_click(self, click: TrackedLink) -> str:
         """A token for a tracked link: which email, which link, where to, and maybe who."""
-        return str(
-            self._serializers[Purpose.CLICK].dumps(
-                [click.template, click.link, click.url, click.subscriber_key]
-            )
-        )
+        payload = self._payload([click.template, click.link, click.url, click.subscriber_key])
+        return self._signers[Purpose.CLICK].sign(payload, _timestamp())
 
     def read_click(self, token: str) -> TrackedLink:
         """The tracked link inside a token, or InvalidLink (tracked links never expire)."""
@@ -118,13 +157,14 @@ class Links:
     def for_key(cls, signer: LinkSigner, base_url: str, subscriber_key: str) -> Links:
         """Every link of the subscription with this key."""
 
-        def url(path: str, purpose: Purpose) -> str:
-            return f"{base_url}/{path}/{signer.sign(purpose, subscriber_key)}"
-
+        confirm, pause, unsubscribe, manage, read = signer.sign_each(
+            (Purpose.CONFIRM, Purpose.PAUSE, Purpose.UNSUBSCRIBE, Purpose.MANAGE, Purpose.READ),
+            subscriber_key,
+        )
         return cls(
-            confirm_url=url("confirm", Purpose.CONFIRM),
-            pause_url=url("pause", Purpose.PAUSE),
-            unsubscribe_url=url("unsubscribe", Purpose.UNSUBSCRIBE),
-            manage_url=url("manage", Purpose.MANAGE),
-            read_url=url("read", Purpose.READ),
+            confirm_url=f"{base_url}/confirm/{confirm}",
+            pause_url=f"{base_url}/pause/{pause}",
+            unsubscribe_url=f"{base_url}/unsubscribe/{unsubscribe}",
+            manage_url=f"{base_url}/manage/{manage}",
+            read_url=f"{base_url}/read/{read}",
         )

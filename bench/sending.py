@@ -49,6 +49,12 @@ def bench_render(services: Services, rounds: int) -> None:
     print(f"render (Jinja, HTML+text):   median {statistics.median(render_times) * 1e6:8.0f} µs")
     print(f"MIME assembly (wire bytes):  median {statistics.median(build_times) * 1e6:8.0f} µs")
     print(f"HTML size of step-03:        {size / 1024:.1f} KB")
+    link_times = []
+    for n in range(rounds):
+        start = time.perf_counter()
+        services.links(f"subscriber-key-{n:08}")
+        link_times.append(time.perf_counter() - start)
+    print(f"signed links (5, per email): median {statistics.median(link_times) * 1e6:8.0f} µs")
 
 
 def bench_batch(services: Services, count: int, port: int) -> None:
