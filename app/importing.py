@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -379,15 +379,15 @@ def _apply(
             with session_scope(services.sessions) as session:
                 new, unchanged, refused = _sort(session, chunk)
                 if not dry_run:
-                    store.insert_subscriptions(
+                    ids = store.insert_subscriptions(
                         session, [r.subscriber for r in new], [r.consent for r in new]
                     )
-                    for row in new:
+                    for row, subscriber_id in zip(new, ids, strict=True):
                         # Bulk rows bypass the session's change tracking: say so ourselves.
                         outbound.note(
                             session,
                             "subscribed",
-                            subscriber_id=cast(int, row.consent["subscriber_id"]),
+                            subscriber_id=subscriber_id,
                             email=row.email,
                             status=str(row.status),
                         )

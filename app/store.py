@@ -9,6 +9,7 @@ due and what happens after it are the course's business (app/drip.py).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
@@ -22,6 +23,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -637,10 +639,12 @@ def add_click(
 def _among(
     session: Session, column: InstrumentedAttribute[str], values: list[str]
 ) -> ColumnElement[bool]:
-    """`column IN values`; on PostgreSQL as `= ANY(array)`: one parameter, not thousands."""
+    """`column IN values` with one parameter, not thousands (a statement compiled once):
+    on PostgreSQL `= ANY(array)`, on SQLite `IN (SELECT value FROM json_each(...))`."""
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, values, type_=postgresql.ARRAY(String)))
-    return column.in_(values)
+    listed = func.json_each(bindparam(None, json.dumps(values))).table_valued("value")
+    return column.in_(select(listed.c.value))
 
 
 def suppressed_among(session: Session, mailbox_hashes: list[str]) -> set[str]:
@@ -671,28 +675,46 @@ def subscriptions_among(session: Session, emails: list[str]) -> dict[str, set[st
 
 def insert_subscriptions(
     session: Session, subscribers: list[dict[str, object]], consents: list[dict[str, object]]
-) -> None:
-    """Insert subscriptions and their consent records (the same order) in bulk.
+) -> list[int]:
+    """Insert subscriptions and their consent records (the same order) in bulk; the new
+    subscriptions' ids, in that order.
 
     Straight to the driver: not ORM bulk inserts (they split the rows by which values
     are NULL), nor Core's executemany (it processes every row's parameters in Python).
-    PostgreSQL takes the rows through COPY, in the session's transaction; SQLite, a
-    library in this process, one executemany. The new ids are read back by key.
+    PostgreSQL takes the rows through COPY, in the session's transaction, with ids drawn
+    from the sequence first (nothing to read back); SQLite, a library in this process,
+    one executemany, and the new ids are read back by key.
     """
     if not subscribers:
-        return
+        return []
     table, consent_table = Subscriber.__table__, Consent.__table__
     assert isinstance(table, Table) and isinstance(consent_table, Table)
     connection = session.connection()
-    _write_rows(connection, table, subscribers)
-    keys = [str(row["key"]) for row in subscribers]
-    found = session.execute(
-        select(Subscriber.key, Subscriber.id).where(_among(session, Subscriber.key, keys))
-    )
-    ids = {key: subscriber_id for key, subscriber_id in found}
-    for key, consent in zip(keys, consents, strict=True):
-        consent["subscriber_id"] = ids[key]
+    if connection.dialect.name == "postgresql":
+        ids = list(
+            session.scalars(
+                text(
+                    "SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
+                    "FROM generate_series(1, :count)"
+                ),
+                {"table": table.name, "count": len(subscribers)},
+            )
+        )
+        for row, subscriber_id in zip(subscribers, ids, strict=True):
+            row["id"] = subscriber_id
+        _write_rows(connection, table, subscribers)
+    else:
+        _write_rows(connection, table, subscribers)
+        keys = [str(row["key"]) for row in subscribers]
+        found = session.execute(
+            select(Subscriber.key, Subscriber.id).where(_among(session, Subscriber.key, keys))
+        )
+        by_key = {key: subscriber_id for key, subscriber_id in found}
+        ids = [by_key[key] for key in keys]
+    for consent, subscriber_id in zip(consents, ids, strict=True):
+        consent["subscriber_id"] = subscriber_id
     _write_rows(connection, consent_table, consents)
+    return ids
 
 
 def _write_rows(connection: Connection, table: Table, rows: list[dict[str, object]]) -> None:
@@ -712,11 +734,18 @@ def _write_rows(connection: Connection, table: Table, rows: list[dict[str, objec
     assert driver is not None, "a pooled connection always has its driver connection"
     names = ", ".join(columns)
     as_text = connection.dialect.name != "postgresql"
+    pick = itemgetter(*columns)
+    # An import's rows mostly share a few moments (its start): convert each one once.
+    stored: dict[object, object] = {None: None}
 
     def values(row: dict[str, object]) -> list[object]:
-        found = [row[name] for name in columns]
+        found = list(pick(row))
         for i in moments:
-            found[i] = _naive_utc(found[i], as_text=as_text)
+            moment = found[i]
+            if moment in stored:
+                found[i] = stored[moment]
+            else:
+                found[i] = stored[moment] = _naive_utc(moment, as_text=as_text)
         return found
 
     if not as_text:
