@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
+from typing import Any
 
 from sqlalchemy import (
-    String,
+    Column,
     Table,
     any_,
     bindparam,
@@ -27,12 +29,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import UTCDateTime
@@ -636,28 +637,38 @@ def add_click(
     session.add(Click(subscriber_id=subscriber_id, template=template, link=link, at=now))
 
 
-def _among(
-    session: Session, column: InstrumentedAttribute[str], values: list[str]
-) -> ColumnElement[bool]:
-    """`column IN values` with one parameter, not thousands (a statement compiled once):
-    on PostgreSQL `= ANY(array)`, on SQLite `IN (SELECT value FROM json_each(...))`."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(String)))
-    listed = func.json_each(bindparam(None, json.dumps(values))).table_valued("value")
-    return column.in_(select(listed.c.value))
+def _select_among(
+    session: Session, columns: list[Column[Any]], among: Column[str], values: list[str]
+) -> list[tuple[Any, ...]]:
+    """The `columns` of the rows whose `among` is one of `values`, in one statement.
+
+    On PostgreSQL through the driver as `= ANY(array)`, the array sent in binary: the
+    text form costs the client more than the lookup costs the server, for 1,000 values.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        # SQLite: `IN (SELECT value FROM json_each(?))`, one parameter, not thousands
+        # (so the statement is compiled once).
+        listed = func.json_each(bindparam(None, json.dumps(values))).table_valued("value")
+        rows = session.execute(select(*columns).where(among.in_(select(listed.c.value))))
+        return [tuple(row) for row in rows]
+    driver = session.connection().connection.driver_connection
+    assert driver is not None, "a pooled connection always has its driver connection"
+    names = ", ".join(column.name for column in columns)
+    with driver.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {names} FROM {among.table.name} WHERE {among.name} = ANY(%b)", [values]
+        )
+        return list(cursor.fetchall())
 
 
 def suppressed_among(session: Session, mailbox_hashes: list[str]) -> set[str]:
     """Which of these mailbox hashes are on the suppression list (one query)."""
     if not mailbox_hashes:
         return set()
-    return set(
-        session.scalars(
-            select(Suppression.mailbox_hash).where(
-                _among(session, Suppression.mailbox_hash, mailbox_hashes)
-            )
-        )
-    )
+    table = Suppression.__table__
+    assert isinstance(table, Table)
+    column = table.c.mailbox_hash
+    return {found for (found,) in _select_among(session, [column], column, mailbox_hashes)}
 
 
 def subscriptions_among(session: Session, emails: list[str]) -> dict[str, set[str]]:
@@ -665,17 +676,18 @@ def subscriptions_among(session: Session, emails: list[str]) -> dict[str, set[st
     found: dict[str, set[str]] = {}
     if not emails:
         return found
-    rows = session.execute(
-        select(Subscriber.email, Subscriber.status).where(_among(session, Subscriber.email, emails))
-    )
-    for email, status in rows:
+    table = Subscriber.__table__
+    assert isinstance(table, Table)
+    for email, status in _select_among(
+        session, [table.c.email, table.c.status], table.c.email, emails
+    ):
         found.setdefault(email, set()).add(str(status))
     return found
 
 
 def insert_subscriptions(
     session: Session, subscribers: list[dict[str, object]], consents: list[dict[str, object]]
-) -> list[int]:
+) -> Sequence[int]:
     """Insert subscriptions and their consent records (the same order) in bulk; the new
     subscriptions' ids, in that order.
 
@@ -691,24 +703,21 @@ def insert_subscriptions(
     assert isinstance(table, Table) and isinstance(consent_table, Table)
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        ids = list(
-            session.scalars(
-                text(
-                    "SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
-                    "FROM generate_series(1, :count)"
-                ),
-                {"table": table.name, "count": len(subscribers)},
-            )
-        )
+        ids: Sequence[int] = session.scalars(
+            text(
+                # The subquery runs once: pg_get_serial_sequence per row costs 4x.
+                "SELECT nextval((SELECT pg_get_serial_sequence(:table, 'id'))::regclass) "
+                "FROM generate_series(1, :count)"
+            ),
+            {"table": table.name, "count": len(subscribers)},
+        ).all()
         for row, subscriber_id in zip(subscribers, ids, strict=True):
             row["id"] = subscriber_id
         _write_rows(connection, table, subscribers)
     else:
         _write_rows(connection, table, subscribers)
         keys = [str(row["key"]) for row in subscribers]
-        found = session.execute(
-            select(Subscriber.key, Subscriber.id).where(_among(session, Subscriber.key, keys))
-        )
+        found = _select_among(session, [table.c.key, table.c.id], table.c.key, keys)
         by_key = {key: subscriber_id for key, subscriber_id in found}
         ids = [by_key[key] for key in keys]
     for consent, subscriber_id in zip(consents, ids, strict=True):
