@@ -643,7 +643,8 @@ def _select_among(
     """The `columns` of the rows whose `among` is one of `values`, in one statement.
 
     On PostgreSQL through the driver as `= ANY(array)`, the array sent in binary: the
-    text form costs the client more than the lookup costs the server, for 1,000 values.
+    text form costs the client more than the lookup costs the server (an import chunk
+    sends thousands).
     """
     if session.get_bind().dialect.name != "postgresql":
         # SQLite: `IN (SELECT value FROM json_each(?))`, one parameter, not thousands
