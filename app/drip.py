@@ -217,7 +217,14 @@ def _validated_domain(domain: str) -> str:
 
 def clean_name(raw: str) -> str:
     """A first name fit for a greeting and a To header: no control characters, one line."""
-    printable = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in raw or "")
+    raw = raw or ""
+    # str.isprintable is False for every character of category C (and for separators
+    # other than the space, which split() below handles): most names skip the loop.
+    printable = (
+        raw
+        if raw.isprintable()
+        else "".join(" " if unicodedata.category(c)[0] == "C" else c for c in raw)
+    )
     return " ".join(printable.split())[:100]
 
 
