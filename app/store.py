@@ -206,11 +206,12 @@ _MARK_HANDED = (
 class Handover:
     """Marks ledger rows `handed_at`, each in a transaction of its own, on one connection.
 
-    The mark is the smallest write there is, since it is made once per email while
-    the relay waits for the message's final ".". On PostgreSQL its commit does not
-    wait for the disk (`synchronous_commit` off, for this connection only): a mark
-    lost in a database crash leaves its row unmarked, which is sent again, so the
-    shortcut can cost a duplicate, never a lost email. Use it as a context manager.
+    The mark is the smallest write there is (one statement, autocommitted on
+    PostgreSQL), since it is made once per email while the relay waits for the
+    message's final ".". Its commit waits for the disk like any other: a mark lost
+    in a database crash would leave a row that the relay has, unmarked, to be sent
+    again (the fault soak's PostgreSQL crash showed one such duplicate with
+    `synchronous_commit` off). Use it as a context manager.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -248,7 +249,6 @@ class Handover:
             # Autocommit: each mark is one statement and one round trip, and commit()
             # sends nothing. (SQLite's commit costs no round trip: it keeps its own.)
             connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.exec_driver_sql("SET synchronous_commit TO off")
         self._connection = connection
         return connection
 
@@ -259,16 +259,10 @@ class Handover:
             connection.close()
 
     def close(self) -> None:
-        """Give the connection back to the pool, as it was."""
+        """Give the connection back to the pool."""
         connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql("RESET synchronous_commit")
-        except SQLAlchemyError:
-            connection.invalidate()
-        connection.close()
+        if connection is not None:
+            connection.close()
 
 
 def lock_subscriber(session: Session, subscriber_id: int) -> Subscriber | None:
