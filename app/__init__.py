@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from app.config import ConfigError, Settings
 from app.logs import RedactingFilter
 from app.services import Services
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Flask:
@@ -18,6 +20,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     A setting read from the environment that cannot be used stops the process (the
     flask CLI: `init-db`, `run`, ...) with one line naming it and exit status 2.
     """
+    # Imported here: every `app.*` import runs this module, and the worker, which never
+    # builds the web app, would otherwise load Flask, Werkzeug, Click and Blinker.
+    from flask import Flask
+
     if services is None:
         if settings is None:
             try:

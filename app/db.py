@@ -6,16 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 #: Alembic's environment and revisions (see README, Development).
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -98,6 +97,10 @@ def alembic_config(url: URL | str | None = None, connection: Connection | None =
     The migrations run over `connection` when given (app/migrations/env.py), otherwise
     over a new engine for `url`, otherwise for DATABASE_URL.
     """
+    # Alembic (with Mako) is imported here, not at the top: only the processes that
+    # migrate need it, and a sending worker would carry ~70 modules it never uses.
+    from alembic.config import Config
+
     config = Config()
     # Config options are interpolated: a literal % is written %%.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -111,6 +114,9 @@ def alembic_config(url: URL | str | None = None, connection: Connection | None =
 
 def migrate(engine: Engine) -> None:
     """Bring the database to the latest revision; a no-op when it is already there."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     with engine.connect() as connection:
         config = alembic_config(engine.url, connection)
         if _made_before_alembic(connection):
@@ -122,12 +128,16 @@ def migrate(engine: Engine) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at; None for a database Alembic never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revision() -> str | None:
     """The latest revision in app/migrations/versions."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

@@ -14,8 +14,6 @@ from email import message_from_bytes
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
-from flufl.bounce import all_failures
-
 from app.drip import Report
 from app.models import MailEventKind
 
@@ -111,6 +109,9 @@ def reports_in(raw: bytes, *, return_path: str | None, domain: str, now: datetim
         message.get_param("report-type") == "feedback-report"
     ):
         return _arf(message, original, message_id, event_id, now)
+    # Imported here: the sending worker needs this module only for `verp_address`.
+    from flufl.bounce import all_failures
+
     temporary, permanent = all_failures(message)
     answers = _recipient_answers(message)
     reports = []

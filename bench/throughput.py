@@ -7,6 +7,10 @@ email as sent. Settings come from the environment: BENCH_SMTP_URL (an existing
 relay; default Postfix's smtp-sink if installed, else aiosmtpd in its own process),
 BENCH_DATABASE_URL (default a temporary SQLite file), REDIS_URL (default an
 embedded Redis).
+
+"worker peak RSS" is the largest VmHWM (Linux's peak resident memory) of any worker
+process, read just before it is stopped. `--memory 100000` measures that figure
+alone: one worker sends 100,000 emails in one run, and no rate is printed.
 """
 
 from __future__ import annotations
@@ -211,6 +215,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="the end-to-end line's workers")
     parser.add_argument("--dkim", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument(
+        "--memory",
+        type=int,
+        metavar="N",
+        help="only the peak RSS of one worker sending N emails in one run (e.g. 100000)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -239,6 +249,12 @@ def main() -> None:
             }
             services = Services(Settings.from_env(env))
             migrate(services.engine)
+            if args.memory:
+                services.close()
+                # All N are claimed at once: the last batches must not lapse while they wait.
+                end_to_end({**env, "CLAIM_LEASE": "6h"}, args.memory, 1)
+                print(f"worker peak RSS: {PEAK_RSS[0]:.0f} MB after {args.memory} emails")
+                return
             recipient = services.sample_recipient()
             rendered = render(services.catalog.get("step-03"), services.sender, recipient)
             payload = wire_message(rendered, services.sender, recipient, now=utcnow())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from app import outbound
-from app.import_jobs import run as run_import
 from app.sending import send_batch as send_batch_for
 from app.services import Services
 from app.signups import process_signup as process_signup_for
@@ -45,7 +44,10 @@ def process_signup(request_id: int) -> str:
 
 def import_subscribers(import_id: str) -> dict[str, object]:
     """Run an import uploaded in the console, recording its progress for the console's page."""
-    return run_import(services(), import_id)
+    # Imported here: imports are rare, and the sending workers need none of their modules.
+    from app.import_jobs import run
+
+    return run(services(), import_id)
 
 
 def deliver_webhooks() -> dict[str, int]:
