@@ -272,6 +272,8 @@ class Settings:
     confirm_resend_after: timedelta = timedelta(minutes=10)
     tick_seconds: float = 5.0
     batch_size: int = 100
+    #: SMTP connections one batch sends over at once (app/sending.py, `_send_wave`).
+    send_connections: int = 4
     claim_lease: timedelta = timedelta(minutes=10)
     #: What following a link in an email records (app/clicks.py): off, per-link, per-person.
     click_tracking: ClickTracking = ClickTracking.OFF
@@ -388,6 +390,7 @@ class Settings:
             step_interval=interval("STEP_INTERVAL", "2d"),
             tick_seconds=interval("TICK_INTERVAL", "5s").total_seconds(),
             batch_size=positive_int("BATCH_SIZE", defaults.batch_size),
+            send_connections=positive_int("SEND_CONNECTIONS", defaults.send_connections),
             claim_lease=claim_lease(env),
             console_cache=console_cache(env),
             click_tracking=ClickTracking(

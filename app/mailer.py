@@ -143,60 +143,101 @@ class SmtpMailer:
                 payload = self._signer.sign(payload)
         except (UnicodeError, ValueError) as error:
             raise _ours(f"cannot encode the message: {error!r}") from error
+        transaction = self.start(payload, to=to, envelope_from=sender, options=options)
+        if before_end is not None:
+            try:
+                before_end()
+            except BaseException:
+                self.abandon()
+                raise
+        self.end(transaction)
+
+    def start(
+        self, payload: bytes, *, to: str, envelope_from: str, options: list[str] | None = None
+    ) -> Transaction:
+        """Begin one wire-form, signed message: the relay gets all of it but its final ".".
+
+        Raises DeliveryFailure as `send` does. End it with `end`, or `abandon` it.
+        """
+        if options is None:
+            utf8 = not to.isascii() or not envelope_from.isascii()
+            options = ["SMTPUTF8"] if utf8 else []
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = self._connect()
-            transaction = _Transaction(self._connection, sender, to, payload, options)
+            transaction = Transaction(self._connection, envelope_from, to, payload, options)
             try:
-                transaction.run(before_end)
-                return
-            except smtplib.SMTPRecipientsRefused as error:
-                code, reason = next(iter(error.recipients.values()))
-                self._drop_after(code)
-                # The address stays out of the error: the ledger row names the subscriber,
-                # and refusals of many addresses then read (and group) as one.
-                raise _failure(Stage.RCPT, code, reason, "recipient refused") from error
-            except smtplib.SMTPSenderRefused as error:
-                self._drop_after(error.smtp_code)
-                raise _failure(
-                    Stage.MAIL, error.smtp_code, error.smtp_error, f"sender {sender} refused"
-                ) from error
-            except smtplib.SMTPDataError as error:
-                self._drop_after(error.smtp_code)
-                raise _failure(
-                    Stage.DATA, error.smtp_code, error.smtp_error, "message refused"
-                ) from error
-            except smtplib.SMTPNotSupportedError as error:
-                raise _ours(f"the relay does not offer SMTPUTF8, needed for {to!r}") from error
-            except UnicodeError as error:
-                raise _ours(f"cannot encode the envelope for {to!r}: {error!r}") from error
-            except (smtplib.SMTPServerDisconnected, OSError) as error:
-                self._drop()
-                if transaction.ended:
-                    # The relay had the whole message and its final "."; the answer
-                    # never came. It may have the email: trying again at once on a new
-                    # connection would send it twice in the common case. It waits, as
-                    # any relay failure does, and goes again later (at least once).
-                    raise _relay(
-                        f"SMTP connection lost after the end of the message: {error}"
-                    ) from error
-                # A reused connection may have been closed by the relay while idle:
-                # reconnect once before calling the relay unavailable.
-                if attempt == 2:
-                    raise _relay(f"SMTP connection lost: {error}") from error
-            except smtplib.SMTPResponseException as error:
-                self._drop()
-                raise _failure(
-                    Stage.CONNECT, error.smtp_code, error.smtp_error, "SMTP error"
-                ) from error
-            except smtplib.SMTPException as error:
-                self._drop()
-                raise _relay(f"SMTP error: {error}") from error
-            except BaseException:
-                # `before_end` refused: the message must not be completed. Closing the
-                # connection without its final "." makes the relay discard it.
-                self._drop()
-                raise
+                transaction.start()
+                return transaction
+            except (smtplib.SMTPException, OSError, UnicodeError) as error:
+                failure = self._failure_of(error, transaction, last_try=attempt == 2)
+                if failure is not None:
+                    raise failure from error
+        raise AssertionError("unreachable: the second try raises")
+
+    def end(self, transaction: Transaction) -> None:
+        """Send a started message's final "." and read the answer; raise DeliveryFailure
+        if it is not accepted."""
+        try:
+            transaction.end()
+        except (smtplib.SMTPException, OSError) as error:
+            failure = self._failure_of(error, transaction, last_try=True)
+            assert failure is not None
+            raise failure from error
+
+    def abandon(self) -> None:
+        """Give up the started message: the connection closes without its final ".", so
+        the relay discards it."""
+        self._drop()
+
+    def _failure_of(
+        self, error: BaseException, transaction: Transaction, *, last_try: bool
+    ) -> DeliveryFailure | None:
+        """The classified failure of an SMTP exception; None to try once more on a fresh
+        connection (a reused one the relay closed while idle)."""
+        sender, to = transaction.sender, transaction.to
+        if isinstance(error, smtplib.SMTPRecipientsRefused):
+            code, reason = next(iter(error.recipients.values()))
+            self._drop_after(code)
+            # The address stays out of the error: the ledger row names the subscriber,
+            # and refusals of many addresses then read (and group) as one.
+            return _failure(Stage.RCPT, code, reason, "recipient refused")
+        if isinstance(error, smtplib.SMTPSenderRefused):
+            self._drop_after(error.smtp_code)
+            return _failure(
+                Stage.MAIL, error.smtp_code, error.smtp_error, f"sender {sender} refused"
+            )
+        if isinstance(error, smtplib.SMTPDataError):
+            self._drop_after(error.smtp_code)
+            return _failure(Stage.DATA, error.smtp_code, error.smtp_error, "message refused")
+        if isinstance(error, smtplib.SMTPNotSupportedError):
+            return _ours(f"the relay does not offer SMTPUTF8, needed for {to!r}")
+        if isinstance(error, UnicodeError):
+            return _ours(f"cannot encode the envelope for {to!r}: {error!r}")
+        if isinstance(error, (smtplib.SMTPServerDisconnected, OSError)) and not isinstance(
+            error, smtplib.SMTPResponseException
+        ):
+            self._drop()
+            if transaction.ended:
+                # The relay had the whole message and its final "."; the answer never
+                # came. It may have the email: trying again at once on a new connection
+                # would send it twice in the common case. It waits, as any relay
+                # failure does, and goes again later (at least once).
+                return _relay(f"SMTP connection lost after the end of the message: {error}")
+            # A reused connection may have been closed by the relay while idle:
+            # reconnect once before calling the relay unavailable.
+            return _relay(f"SMTP connection lost: {error}") if last_try else None
+        self._drop()
+        if isinstance(error, smtplib.SMTPResponseException):
+            return _failure(Stage.CONNECT, error.smtp_code, error.smtp_error, "SMTP error")
+        return _relay(f"SMTP error: {error}")
+
+    def sign(self, payload: bytes) -> bytes:
+        """The wire-form message with its DKIM signature, if DKIM is set up."""
+        try:
+            return payload if self._signer is None else self._signer.sign(payload)
+        except (UnicodeError, ValueError) as error:
+            raise _ours(f"cannot encode the message: {error!r}") from error
 
     def _drop_after(self, code: int) -> None:
         # 421 means the relay is closing the connection (smtplib has closed it).
@@ -226,7 +267,7 @@ class SmtpMailer:
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
-class _Transaction:
+class Transaction:
     """One SMTP mail transaction on an open connection, as smtplib's `sendmail` runs it,
     with two differences: MAIL, RCPT and DATA go out in one write when the relay offers
     PIPELINING (RFC 2920), and a hook runs before the message's final "."."""
@@ -242,8 +283,9 @@ class _Transaction:
         #: The final "." went out: from here on the relay may have the email.
         self.ended = False
 
-    def run(self, before_end: Callable[[], None] | None) -> None:
-        """Send the message; raise smtplib's exceptions as `sendmail` does."""
+    def start(self) -> None:
+        """Send the envelope and the message but its final "."; raise smtplib's exceptions
+        as `sendmail` does."""
         connection = self.connection
         options = list(self.options)
         if connection.has_extn("size"):
@@ -278,8 +320,10 @@ class _Transaction:
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         connection.send(body)
-        if before_end is not None:
-            before_end()
+
+    def end(self) -> None:
+        """Send the final "." and read the answer."""
+        connection = self.connection
         self.ended = True
         connection.send(b".\r\n")
         answer = connection.getreply()

@@ -8,6 +8,7 @@ stays with that email; the batch goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ from app.emails import (
     wire_message,
 )
 from app.failures import FailureClass
-from app.mailer import DeliveryFailure, SmtpMailer
+from app.mailer import DeliveryFailure, SmtpMailer, Transaction
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -207,22 +208,23 @@ def enqueue_once(
 
 
 def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
-    """Send each listed subscription its due email over one SMTP connection.
+    """Send each listed subscription its due email, over SEND_CONNECTIONS SMTP connections.
 
     The batch's claims are renewed when it starts; a subscription whose claim
     lapsed before then is left alone (it may be queued elsewhere). Emails go in
     chunks: each chunk is begun in the ledger in one transaction before any of it
     is handed to the relay, and recorded as sent in one transaction after.
 
-    Between the two, each email's ledger row is marked `handed_at` (one small
-    commit) once the relay has all of it but its final ".", and before that "."
-    goes out. A worker killed at any moment therefore leaves each email in one of
-    two states: unmarked, which the relay cannot have completed, and which is sent
-    again (same Message-ID) once its lease lapses; or marked, which the relay had
-    in full, and which then counts as sent and is never sent twice. Only a worker
-    killed between the mark's commit and the "." itself (a few microseconds), or a
-    relay that refused the email after the "." just as its worker died, can lose
-    an email; no kill can duplicate one.
+    Between the two, emails go in waves, one per connection (`_send_wave`): each
+    email's ledger row is marked `handed_at` (one commit for the wave) once the
+    relay has all of it but its final ".", and before that "." goes out. A worker
+    killed at any moment therefore leaves each email in one of two states:
+    unmarked, which the relay cannot have completed, and which is sent again (same
+    Message-ID) once its lease lapses; or marked, which the relay had in full, and
+    which then counts as sent and is never sent twice. Only a worker killed between
+    the mark's commit and the "." itself (a few microseconds), or a relay that
+    refused the email after the "." just as its worker died, can lose an email; no
+    kill can duplicate one.
     """
     report = BatchReport()
     settings = services.settings
@@ -234,7 +236,10 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
     budget = min(JOB_TIMEOUT, settings.claim_lease.total_seconds()) * BATCH_TIME_SHARE
     deadline = time.monotonic() + budget
     pending = list(held)
-    with services.mailer() as mailer, store.Handover(services.engine) as handover:
+    with contextlib.ExitStack() as stack:
+        # Each opens its connection on first use: a small batch opens only what it needs.
+        mailers = [stack.enter_context(services.mailer()) for _ in range(_connections(services))]
+        handover = stack.enter_context(store.Handover(services.engine))
         while pending:
             now = services.clock()
             gate = services.breaker.gate(now)
@@ -247,13 +252,29 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
             size = 1 if gate == Gate.PROBE else SEND_CHUNK
             chunk, pending = pending[:size], pending[size:]
             stop = _send_chunk(
-                services, mailer, handover, chunk, now, report, probe=gate == Gate.PROBE
+                services, mailers, handover, chunk, now, report, probe=gate == Gate.PROBE
             )
             if stop is not None:
                 _hand_back(services, pending, stop.retry_at)
                 report.add("waiting", len(pending))
                 break
     return report
+
+
+#: Under SEND_RATE, a wave holds at most this many seconds of the rate's slots: the
+#: emails started together wait for their slots in the middle of DATA, which relays
+#: allow for minutes, not longer.
+WAVE_SECONDS = 0.5
+
+
+def _connections(services: Services) -> int:
+    """How many SMTP connections a batch sends over at once (SEND_CONNECTIONS, fewer
+    when SEND_RATE allows fewer emails in WAVE_SECONDS)."""
+    connections = services.settings.send_connections
+    rate = services.settings.send_rate
+    if rate is not None:
+        connections = min(connections, int(WAVE_SECONDS / rate.interval))
+    return max(1, connections)
 
 
 @dataclass(frozen=True)
@@ -267,7 +288,7 @@ class Outcome:
 
 def _send_chunk(
     services: Services,
-    mailer: SmtpMailer,
+    mailers: list[SmtpMailer],
     handover: store.Handover,
     subscriber_ids: list[int],
     now: datetime,
@@ -293,49 +314,122 @@ def _send_chunk(
     # or held back by the suppression list or the confirmation cap.
     report.add("skipped", len(subscriber_ids) - len(planned))
     accepted: list[int] = []
+    rest = planned
     try:
-        for index, email in enumerate(planned):
+        while rest:
+            wave, rest = rest[: len(mailers)], rest[len(mailers) :]
             try:
-                outcome = _send_one(services, mailer, handover, email, now)
+                outcomes, unsent = _send_wave(services, mailers, handover, wave, now)
             finally:
                 if probe:
                     services.breaker.end_probe()
-            report.add(outcome.name)
-            if outcome.name == "sent":
-                accepted.append(email.delivery_id)
-                if probe:
-                    services.breaker.succeeded()
-            if outcome.stop:
-                rest = planned[index + 1 :]
+            for email, outcome in outcomes:
+                report.add(outcome.name)
+                if outcome.name == "sent":
+                    accepted.append(email.delivery_id)
+                    if probe:
+                        services.breaker.succeeded()
+            stop = next((outcome for _, outcome in outcomes if outcome.stop), None)
+            if stop is not None:
+                rest = unsent + rest
                 with session_scope(services.sessions) as session:
                     drip.release_deliveries(session, [e.delivery_id for e in rest])
                     store.release_claims(
-                        session, [e.subscriber_id for e in rest], retry_at=outcome.retry_at
+                        session, [e.subscriber_id for e in rest], retry_at=stop.retry_at
                     )
                 report.add("waiting", len(rest))
-                return outcome
+                return stop
     finally:
         # Marked `handed_at`, these count as sent even if this fails for good.
         _record_sent(services, accepted, now)
     return None
 
 
-def _send_one(
+def _send_wave(
     services: Services,
-    mailer: SmtpMailer,
+    mailers: list[SmtpMailer],
     handover: store.Handover,
-    planned: drip.PlannedEmail,
+    wave: list[drip.PlannedEmail],
     now: datetime,
-) -> Outcome:
-    """Send one begun email; whatever goes wrong stays with this email.
+) -> tuple[list[tuple[drip.PlannedEmail, Outcome]], list[drip.PlannedEmail]]:
+    """Send up to one email per connection at once; return each one's outcome, and the
+    emails not started because an outcome stopped the wave.
 
-    A database that cannot take the email's `handed_at` mark stops the batch
-    (the error propagates): the email is not completed, and waits for its lease.
+    Each email goes to the relay but for its final "."; one commit marks them all
+    `handed_at`; then each gets its "." and its answer. A database that cannot take
+    the mark stops the batch (the error propagates): the started emails are
+    abandoned, so the relay drops them, and they wait for their lease.
     """
-    recipient = _recipient(services, planned, now)
+    outcomes: list[tuple[drip.PlannedEmail, Outcome]] = []
+    started: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
+    for index, (email, mailer) in enumerate(zip(wave, mailers, strict=False)):
+        outcome, transaction = _start_one(services, mailer, email, now)
+        if transaction is not None:
+            started.append((email, mailer, transaction))
+            continue
+        outcomes.append((email, outcome))
+        if outcome.stop:
+            unsent = wave[index + 1 :]
+            break
+    else:
+        unsent = []
+    # SEND_RATE governs when each email is completed (its "." is what the relay
+    # counts). A wait never falls between a mark and its ".": the emails whose slot
+    # has come are marked and completed together first.
+    group: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
+    for index, item in enumerate(started):
+        delay = services.send_rate.reserve() if services.send_rate is not None else 0.0
+        if delay > 0:
+            _complete(services, handover, group, started[index:], outcomes, now)
+            group = []
+            time.sleep(delay)
+        group.append(item)
+    _complete(services, handover, group, [], outcomes, now)
+    return outcomes, unsent
+
+
+def _complete(
+    services: Services,
+    handover: store.Handover,
+    group: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]],
+    waiting: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]],
+    outcomes: list[tuple[drip.PlannedEmail, Outcome]],
+    now: datetime,
+) -> None:
+    """Mark started emails `handed_at` in one commit, then send each one's final "."
+    and add its outcome. If the mark cannot be written, the group and the `waiting`
+    rest of its wave are abandoned (the relay drops them) and the error propagates."""
+    if not group:
+        return
     try:
+        marked = handover.mark([email.delivery_id for email, _, _ in group], now)
+    except BaseException:
+        for _, mailer, _ in group + waiting:
+            mailer.abandon()
+        raise
+    for email, mailer, transaction in group:
+        if email.delivery_id not in marked:
+            # Erased, or taken over after its lease lapsed, while the batch ran.
+            mailer.abandon()
+            outcomes.append((email, Outcome("skipped")))
+            continue
+        try:
+            mailer.end(transaction)
+        except DeliveryFailure as failure:
+            outcomes.append((email, _failed(services, email, failure, now)))
+            continue
+        outcomes.append((email, Outcome("sent")))
+
+
+def _start_one(
+    services: Services, mailer: SmtpMailer, planned: drip.PlannedEmail, now: datetime
+) -> tuple[Outcome, Transaction | None]:
+    """Make one begun email and hand it to the relay but for its final "."; whatever goes
+    wrong stays with this email (the outcome, and no transaction)."""
+    try:
+        recipient = _recipient(services, planned, now)
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
-        message = wire_message(rendered, services.sender, recipient, now=now)
+        message = mailer.sign(wire_message(rendered, services.sender, recipient, now=now))
     except (TemplateError, EmailTemplateError) as error:
         # Our template or settings: never the subscriber's fault. The step waits
         # (without counting) until the template is fixed; reported once per template.
@@ -348,30 +442,19 @@ def _send_one(
             counts=False,
             failure_class=FailureClass.OURS,
         )
-        return Outcome("deferred")
+        return Outcome("deferred"), None
+    except DeliveryFailure as failure:
+        return _failed(services, planned, failure, now), None
     except Exception as error:  # one poison email must not stop the batch
-        return _poison(services, planned, error, now)
+        return _poison(services, planned, error, now), None
     try:
         to = envelope_address(planned.email)
-        if services.send_rate is not None:
-            services.send_rate.wait()
         envelope_from = services.return_path(planned.message_id) or _from_address(services)
-        mailer.send(
-            message,
-            to=to,
-            envelope_from=envelope_from,
-            before_end=lambda: handover.mark(planned.delivery_id, now),
-        )
+        return Outcome("started"), mailer.start(message, to=to, envelope_from=envelope_from)
     except DeliveryFailure as failure:
-        return _failed(services, planned, failure, now)
-    except store.LedgerRowGone:
-        # Erased, or taken over after its lease lapsed, while the batch ran.
-        return Outcome("skipped")
-    except SQLAlchemyError:
-        raise
+        return _failed(services, planned, failure, now), None
     except Exception as error:  # one poison email must not stop the batch
-        return _poison(services, planned, error, now)
-    return Outcome("sent")
+        return _poison(services, planned, error, now), None
 
 
 def _from_address(services: Services) -> str:

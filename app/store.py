@@ -191,18 +191,6 @@ def release_claims(session: Session, ids: list[int], *, retry_at: datetime | Non
     )
 
 
-class LedgerRowGone(Exception):
-    """The ledger row of an email about to be handed over is no longer `sending`."""
-
-
-#: The one write per email: the relay is about to have all of it.
-_MARK_HANDED = (
-    update(Delivery)
-    .where(Delivery.id == bindparam("delivery_id"), Delivery.status == DeliveryStatus.SENDING)
-    .values(handed_at=bindparam("handed_at", type_=UTCDateTime))
-)
-
-
 class Handover:
     """Marks ledger rows `handed_at`, each in a transaction of its own, on one connection.
 
@@ -224,24 +212,29 @@ class Handover:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def mark(self, delivery_id: int, now: datetime) -> None:
-        """Commit that this email's final "." is about to go out.
+    def mark(self, delivery_ids: list[int], now: datetime) -> set[int]:
+        """Commit, in one statement, that these emails' final "." are about to go out;
+        return the ids of those still `sending`.
 
-        Raises LedgerRowGone if the row is no longer `sending` (erased, or taken
-        over after a lapse): its email must not be handed over. Raises what the
-        database raises if it cannot be written: the email must not go out either.
+        A row no longer `sending` (erased, or taken over after a lapse) is left out
+        of the answer: its email must not be handed over. Raises what the database
+        raises if it cannot be written: none of them may go out then.
         """
         try:
             connection = self._connection or self._open()
-            marked = connection.execute(
-                _MARK_HANDED, {"delivery_id": delivery_id, "handed_at": now}
-            ).rowcount
+            marked = set(
+                connection.scalars(
+                    update(Delivery)
+                    .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.SENDING)
+                    .values(handed_at=now)
+                    .returning(Delivery.id)
+                )
+            )
             connection.commit()
         except SQLAlchemyError:
             self._discard()
             raise
-        if marked != 1:
-            raise LedgerRowGone(f"ledger row {delivery_id} is no longer being sent")
+        return marked
 
     def _open(self) -> Connection:
         connection = self._engine.connect()

@@ -124,8 +124,13 @@ def test_each_answer_at_its_stage_does_what_its_class_says(
         assert first.send_failures == 1
         assert first.next_send_at is not None and first.next_send_at > clock.now
     else:
-        # The sender, the relay or a throttle: the batch stops, nobody is blamed.
-        assert report == {"deferred": 1, "waiting": 1}
+        # The sender, the relay or a throttle: the batch stops, nobody is blamed. An
+        # answer after DATA comes once the whole wave (one email per connection) is
+        # in flight: each email in it gets its own answer and waits.
+        if stage == Stage.DATA:
+            assert report == {"deferred": 2}
+        else:
+            assert report == {"deferred": 1, "waiting": 1}
         for subscriber_id in ids:
             row = subscriber(services, subscriber_id)
             assert row.status == SubscriberStatus.ACTIVE
@@ -141,7 +146,10 @@ def test_a_refusal_of_our_sender_bounces_nobody_and_is_logged_once(
     smtp.answers["data"] = "554 5.7.1 Message rejected: Email address is not verified"
     caplog.set_level(logging.INFO)
     claim(services, ids, clock.now)
-    assert send_batch(services, ids).as_dict() == {"deferred": 1, "waiting": 4}
+    # The refusal comes after DATA, once a whole wave (one email per connection) is in
+    # flight: each of those is refused and waits; the rest of the batch is not tried.
+    assert services.settings.send_connections == 4
+    assert send_batch(services, ids).as_dict() == {"deferred": 4, "waiting": 1}
     # A second worker with another batch does not even try while the breaker is open.
     more = [active_subscriber(services, f"q{n}@example.com", clock.now) for n in range(3)]
     claim(services, more, clock.now)

@@ -36,14 +36,14 @@ def ledger(services: Services) -> Counter[tuple[int, str, int, str]]:
         return Counter((d.subscriber_id, str(d.kind), d.number, str(d.status)) for d in rows)
 
 
-def test_a_batch_goes_out_over_one_smtp_connection(
+def test_a_batch_goes_out_over_its_send_connections_reused(
     services: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
     ids = [active_subscriber(services, f"p{n}@example.com", clock.now) for n in range(20)]
     assert tick(services) == 20
     run_worker(services)
     assert len(smtp.messages) == 20
-    assert smtp.connections == 1
+    assert smtp.connections == services.settings.send_connections == 4
     assert sorted(r.envelope_to[0] for r in smtp.messages) == sorted(
         f"p{n}@example.com" for n in range(20)
     )
