@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 BASE_COOLDOWN = timedelta(seconds=30)
 #: The longest cool-down.
 MAX_COOLDOWN = timedelta(minutes=30)
-#: A probe whose worker died is given up after this long and another may probe.
-PROBE_TIMEOUT = timedelta(minutes=2)
+#: A probe whose worker died is given up after this long and another may probe. A probe
+#: is one email; one still under way after this (a slow relay) only means a second
+#: probe may start beside it, while a long timeout stops all sending after a kill.
+PROBE_TIMEOUT = timedelta(seconds=30)
 
 
 class Gate(StrEnum):

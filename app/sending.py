@@ -251,9 +251,14 @@ def send_batch(services: Services, subscriber_ids: list[int]) -> BatchReport:
             # A probe is one email: the relay is being tried again after an outage.
             size = 1 if gate == Gate.PROBE else SEND_CHUNK
             chunk, pending = pending[:size], pending[size:]
-            stop = _send_chunk(
-                services, mailers, handover, chunk, now, report, probe=gate == Gate.PROBE
-            )
+            try:
+                stop = _send_chunk(
+                    services, mailers, handover, chunk, now, report, probe=gate == Gate.PROBE
+                )
+            finally:
+                # Its verdict (if any) is in; a probe with nothing to send reached none.
+                if gate == Gate.PROBE:
+                    services.breaker.end_probe()
             if stop is not None:
                 _hand_back(services, pending, stop.retry_at)
                 report.add("waiting", len(pending))
@@ -318,11 +323,7 @@ def _send_chunk(
     try:
         while rest:
             wave, rest = rest[: len(mailers)], rest[len(mailers) :]
-            try:
-                outcomes, unsent = _send_wave(services, mailers, handover, wave, now)
-            finally:
-                if probe:
-                    services.breaker.end_probe()
+            outcomes, unsent = _send_wave(services, mailers, handover, wave, now)
             for email, outcome in outcomes:
                 report.add(outcome.name)
                 if outcome.name == "sent":

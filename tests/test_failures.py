@@ -221,6 +221,25 @@ def test_a_probe_that_reaches_no_verdict_lets_the_next_email_probe(
     assert not services.breaker.state().open
 
 
+def test_a_probe_with_nothing_to_send_lets_the_next_email_probe_at_once(
+    services: Services, smtp: SmtpSink, clock: FakeClock
+) -> None:
+    ids = [active_subscriber(services, f"p{n}@example.com", clock.now) for n in range(2)]
+    smtp.answers["data"] = "554 5.7.1 Message rejected: Email address is not verified"
+    claim(services, ids[:1], clock.now)
+    send_batch(services, ids[:1])
+    assert services.breaker.state().open
+    clock.advance(BASE_COOLDOWN)
+    smtp.answers = {}
+    # The batch that takes the probe finds its email no longer due (moved on meanwhile).
+    claim(services, ids[1:], clock.now)
+    with session_scope(services.sessions) as session:
+        session.get_one(Subscriber, ids[1]).next_send_at = clock.now + timedelta(days=1)
+    assert send_batch(services, ids[1:]).as_dict() == {"skipped": 1}
+    # No worker waits out PROBE_TIMEOUT for a probe that never went.
+    assert services.breaker.gate(clock.now) == Gate.PROBE
+
+
 def test_an_unreachable_relay_opens_the_breaker_and_bounces_nobody(
     services: Services, clock: FakeClock
 ) -> None:
