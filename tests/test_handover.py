@@ -231,3 +231,22 @@ def test_an_erased_subscription_is_not_completed_mid_batch(
     claim(services, ids, clock.now)
     assert send_batch(services, ids).as_dict() == {"skipped": 1, "sent": 1}
     assert [m.envelope_to[0] for m in smtp.messages] == ["r1@example.com"]
+
+
+def test_a_wave_goes_out_one_email_per_connection_with_one_mark(
+    services: Services, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [active_subscriber(services, f"r{n}@example.com", clock.now) for n in range(6)]
+    mark = store.Handover.mark
+    marks: list[int] = []
+
+    def counted(self: store.Handover, delivery_ids: list[int], now: Any) -> set[int]:
+        marks.append(len(delivery_ids))
+        return mark(self, delivery_ids, now)
+
+    monkeypatch.setattr(store.Handover, "mark", counted)
+    claim(services, ids, clock.now)
+    assert send_batch(services, ids).as_dict() == {"sent": 6}
+    assert marks == [4, 2]  # SEND_CONNECTIONS is 4: two waves, a commit each
+    assert smtp.connections == 4
+    assert len({m.message["Message-ID"] for m in smtp.messages}) == 6

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ({"BASE_URL": "https://h:99999"}, "BASE_URL", "https://course.example.com"),
         ({"TRUSTED_PROXIES": "yes"}, "TRUSTED_PROXIES", "whole number"),
         ({"BATCH_SIZE": "0"}, "BATCH_SIZE", "above zero"),
+        ({"SEND_CONNECTIONS": "0"}, "SEND_CONNECTIONS", "above zero"),
     ],
 )
 def test_a_bad_setting_names_itself_and_what_to_write(
@@ -69,6 +70,7 @@ def test_empty_means_the_default() -> None:
             "BASE_URL", "SECRET_KEY", "DATABASE_URL", "REDIS_URL", "SMTP_URL", "PORT",
             "DEV_PAGES", "CHECK_DELIVERABILITY", "SMTP_UTF8", "TRUSTED_PROXIES", "BATCH_SIZE",
             "MAIL_FROM", "QUEUE_NAME", "LOG_FORMAT", "ONWARD_ENV", "SIGNUP_RATE", "CLAIM_LEASE",
+            "SEND_CONNECTIONS",
         )
     }  # fmt: skip
     assert Settings.from_env(empty) == Settings.from_env({})
