@@ -316,7 +316,9 @@ class Transaction:
             self._expect(rcpt, rcpt=True)
         if data[0] != 354:
             self._refused(data, smtplib.SMTPDataError(*data))
-        body = _LEADING_DOT.sub(b"..", self.payload)
+        body = self.payload
+        if body.startswith(b".") or b"\n." in body:  # rare: the search is cheaper than sub
+            body = _LEADING_DOT.sub(b"..", body)
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         connection.send(body)

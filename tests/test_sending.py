@@ -264,3 +264,14 @@ def test_an_email_that_cannot_be_built_does_not_hold_up_its_batch(
     assert status_of(services, ids[1]) == SubscriberStatus.ACTIVE
     with session_scope(services.sessions) as session:
         assert "ValueError" in (session.get_one(Subscriber, ids[1]).last_error or "")
+
+
+@pytest.mark.parametrize("first", [b"Subject: dots\r\n\r\n", b"Subject: dots\r\n\r\n.starts\r\n"])
+def test_lines_that_start_with_a_dot_arrive_unchanged(
+    services: Services, smtp: SmtpSink, first: bytes
+) -> None:
+    body = first + b"one\r\n.hidden\r\n..two\r\n.\r\nend"
+    with services.mailer() as mailer:
+        mailer.send(body, to="ada@example.com", envelope_from="course@onward.test")
+    [received] = smtp.messages
+    assert received.raw == body + b"\r\n"
