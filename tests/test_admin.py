@@ -564,9 +564,11 @@ def test_an_open_breaker_and_classified_failures_show_on_the_overview_problems_a
         "<td>failed</td><td>recipient permanent</td>"
         "<td>recipient refused: 550 5.1.1 no such mailbox</td>" in problems
     )
+    # The refusal comes after DATA: the three emails of the wave in flight (one per
+    # SMTP connection) are each refused, and wait.
     assert (
         "<td>deferred</td><td>sender</td><td>message refused: 554 5.7.1 Message rejected: "
-        'Email address is not verified</td><td class="num">1</td>' in problems
+        'Email address is not verified</td><td class="num">3</td>' in problems
     )
     assert f'href="/admin/subscribers/{gone}">#{gone}</a>' in problems
 
@@ -580,7 +582,7 @@ def test_an_open_breaker_and_classified_failures_show_on_the_overview_problems_a
         (s.labels["status"], s.labels["failure_class"]): s.value
         for s in families["onward_problem_emails"].samples
     }
-    assert by_class == {("failed", "recipient_permanent"): 1, ("deferred", "sender"): 1}
+    assert by_class == {("failed", "recipient_permanent"): 1, ("deferred", "sender"): 3}
 
 
 # --------------------------------------------------------------------------- CLI and metrics
