@@ -57,6 +57,8 @@ class SmtpMailer:
         self._settings = settings
         self._signer = signer
         self._connection: smtplib.SMTP | None = None
+        #: A message is started and not yet ended: the relay waits for the rest of its data.
+        self._mid_message = False
 
     def __enter__(self) -> SmtpMailer:
         return self
@@ -168,6 +170,7 @@ class SmtpMailer:
             transaction = Transaction(self._connection, envelope_from, to, payload, options)
             try:
                 transaction.start()
+                self._mid_message = True
                 return transaction
             except (smtplib.SMTPException, OSError, UnicodeError) as error:
                 failure = self._failure_of(error, transaction, last_try=attempt == 2)
@@ -178,6 +181,7 @@ class SmtpMailer:
     def end(self, transaction: Transaction) -> None:
         """Send a started message's final "." and read the answer; raise DeliveryFailure
         if it is not accepted."""
+        self._mid_message = False
         try:
             transaction.end()
         except (smtplib.SMTPException, OSError) as error:
@@ -245,6 +249,7 @@ class SmtpMailer:
             self._drop()
 
     def _drop(self) -> None:
+        self._mid_message = False
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
@@ -254,6 +259,10 @@ class SmtpMailer:
 
     def close(self) -> None:
         """Say goodbye to the relay and close the connection, if one is open."""
+        if self._mid_message:
+            # A QUIT now would be read as part of the message: abandon it instead.
+            self.abandon()
+            return
         connection, self._connection = self._connection, None
         if connection is None:
             return

@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -250,3 +252,30 @@ def test_a_wave_goes_out_one_email_per_connection_with_one_mark(
     assert marks == [4, 2]  # SEND_CONNECTIONS is 4: two waves, a commit each
     assert smtp.connections == 4
     assert len({m.message["Message-ID"] for m in smtp.messages}) == 6
+
+
+def test_a_batch_that_fails_mid_wave_leaves_the_relay_nothing_and_hangs_on_nothing(
+    services: Services, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [active_subscriber(services, f"r{n}@example.com", clock.now) for n in range(3)]
+
+    class RedisGone:
+        def reserve(self) -> float:
+            raise RedisConnectionError("Redis went away")
+
+    # Redis fails after the wave's emails were started, before any was marked.
+    services.__dict__["send_rate"] = RedisGone()
+    claim(services, ids, clock.now)
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError):
+        send_batch(services, ids)
+    # The started messages were abandoned (a QUIT would have waited on the relay as data).
+    assert time.monotonic() - started < services.settings.smtp.timeout
+    assert smtp.messages == []
+    del services.__dict__["send_rate"]
+    clock.advance(services.settings.claim_lease)
+    assert tick(services) == 3
+    run_worker(services)
+    assert sorted(m.envelope_to[0] for m in smtp.messages) == [
+        f"r{n}@example.com" for n in range(3)
+    ]
