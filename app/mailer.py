@@ -7,7 +7,6 @@ import re
 import smtplib
 import socket
 import ssl
-from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -110,7 +109,6 @@ class SmtpMailer:
         *,
         to: str,
         envelope_from: str | None = None,
-        before_end: Callable[[], None] | None = None,
     ) -> None:
         """Hand one message for the envelope address `to` to the relay.
 
@@ -118,11 +116,8 @@ class SmtpMailer:
         is not accepted. A non-ASCII address goes out with SMTPUTF8, which the
         relay must offer. `envelope_from` (MAIL FROM, where bounces go: the VERP
         return path) defaults to the From address. A message given as bytes is
-        already in wire form (CRLF line ends) and needs `envelope_from`.
-
-        `before_end` runs when the relay has all of the message but its final ".":
-        if it raises, the message is abandoned (the relay discards it) and what it
-        raised propagates.
+        already in wire form (CRLF line ends) and needs `envelope_from`. The course's
+        emails go through `start` and `end` instead (app/sending.py).
         """
         if isinstance(message, bytes):
             if not envelope_from:
@@ -132,26 +127,18 @@ class SmtpMailer:
             sender = envelope_from or parseaddr(str(message["From"]))[1]
         utf8 = not to.isascii() or not sender.isascii()
         options = ["SMTPUTF8"] if utf8 else []
-        try:
-            if isinstance(message, bytes):
-                payload = message
-            else:
-                # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
-                wire = message.policy.clone(linesep="\r\n")
-                if utf8:
-                    wire = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
-                payload = message.as_bytes(policy=wire)
-            if self._signer is not None:
-                payload = self._signer.sign(payload)
-        except (UnicodeError, ValueError) as error:
-            raise _ours(f"cannot encode the message: {error!r}") from error
-        transaction = self.start(payload, to=to, envelope_from=sender, options=options)
-        if before_end is not None:
+        if isinstance(message, bytes):
+            payload = message
+        else:
+            # SMTP wants CRLF line ends; smtplib does not convert a bytes payload itself.
+            wire = message.policy.clone(linesep="\r\n")
+            if utf8:
+                wire = policy.SMTPUTF8.clone(linesep="\r\n", refold_source="none")
             try:
-                before_end()
-            except BaseException:
-                self.abandon()
-                raise
+                payload = message.as_bytes(policy=wire)
+            except (UnicodeError, ValueError) as error:
+                raise _ours(f"cannot encode the message: {error!r}") from error
+        transaction = self.start(self.sign(payload), to=to, envelope_from=sender, options=options)
         self.end(transaction)
 
     def start(
