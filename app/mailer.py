@@ -266,7 +266,7 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 class Transaction:
     """One SMTP mail transaction on an open connection, as smtplib's `sendmail` runs it,
     with two differences: MAIL, RCPT and DATA go out in one write when the relay offers
-    PIPELINING (RFC 2920), and a hook runs before the message's final "."."""
+    PIPELINING (RFC 2920), and the message's final "." waits for `end`."""
 
     def __init__(
         self, connection: smtplib.SMTP, sender: str, to: str, payload: bytes, options: list[str]

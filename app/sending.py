@@ -364,9 +364,9 @@ def _send_wave(
     outcomes: list[tuple[drip.PlannedEmail, Outcome]] = []
     started: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
     for index, (email, mailer) in enumerate(zip(wave, mailers, strict=False)):
-        outcome, transaction = _start_one(services, mailer, email, now)
-        if transaction is not None:
-            started.append((email, mailer, transaction))
+        outcome = _start_one(services, mailer, email, now)
+        if isinstance(outcome, Transaction):
+            started.append((email, mailer, outcome))
             continue
         outcomes.append((email, outcome))
         if outcome.stop:
@@ -424,9 +424,9 @@ def _complete(
 
 def _start_one(
     services: Services, mailer: SmtpMailer, planned: drip.PlannedEmail, now: datetime
-) -> tuple[Outcome, Transaction | None]:
-    """Make one begun email and hand it to the relay but for its final "."; whatever goes
-    wrong stays with this email (the outcome, and no transaction)."""
+) -> Transaction | Outcome:
+    """Make one begun email and hand it to the relay but for its final "." (its transaction);
+    whatever goes wrong stays with this email (its outcome)."""
     try:
         recipient = _recipient(services, planned, now)
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
@@ -443,19 +443,19 @@ def _start_one(
             counts=False,
             failure_class=FailureClass.OURS,
         )
-        return Outcome("deferred"), None
+        return Outcome("deferred")
     except DeliveryFailure as failure:
-        return _failed(services, planned, failure, now), None
+        return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
-        return _poison(services, planned, error, now), None
+        return _poison(services, planned, error, now)
     try:
         to = envelope_address(planned.email)
         envelope_from = services.return_path(planned.message_id) or _from_address(services)
-        return Outcome("started"), mailer.start(message, to=to, envelope_from=envelope_from)
+        return mailer.start(message, to=to, envelope_from=envelope_from)
     except DeliveryFailure as failure:
-        return _failed(services, planned, failure, now), None
+        return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
-        return _poison(services, planned, error, now), None
+        return _poison(services, planned, error, now)
 
 
 def _from_address(services: Services) -> str:
