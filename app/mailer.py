@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import smtplib
 import socket
 import ssl
@@ -260,7 +259,6 @@ class SmtpMailer:
 
 
 #: A line of the message that starts with "." gets another (RFC 5321, 4.5.2).
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class Transaction:
@@ -313,8 +311,13 @@ class Transaction:
         if data[0] != 354:
             self._refused(data, smtplib.SMTPDataError(*data))
         body = self.payload
-        if body.startswith(b".") or b"\n." in body:  # rare: the search is cheaper than sub
-            body = _LEADING_DOT.sub(b"..", body)
+        # Dot-stuffing (RFC 5321, 4.5.2): a line that starts with "." gets another.
+        # Quoted-printable's soft breaks make such lines in most emails; bytes.replace
+        # does it several times faster than a regular expression.
+        if b"\n." in body:
+            body = body.replace(b"\n.", b"\n..")
+        if body.startswith(b"."):
+            body = b"." + body
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         connection.send(body)

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import UTCDateTime
+from app.db import UTCDateTime, one_of
 from app.models import (
     ENDED_STATUSES,
     Click,
@@ -164,7 +164,7 @@ def start_claims(session: Session, ids: list[int], *, now: datetime, lease: time
         return []
     held = session.scalars(
         update(Subscriber)
-        .where(Subscriber.id.in_(ids), Subscriber.claimed_until > now)
+        .where(one_of(Subscriber.id, ids), Subscriber.claimed_until > now)
         .values(claimed_until=now + lease)
         .returning(Subscriber.id)
         .execution_options(synchronize_session=False)
@@ -179,13 +179,13 @@ def release_claims(session: Session, ids: list[int], *, retry_at: datetime | Non
     if retry_at is not None:
         session.execute(
             update(Subscriber)
-            .where(Subscriber.id.in_(ids), Subscriber.next_send_at < retry_at)
+            .where(one_of(Subscriber.id, ids), Subscriber.next_send_at < retry_at)
             .values(next_send_at=retry_at)
             .execution_options(synchronize_session=False)
         )
     session.execute(
         update(Subscriber)
-        .where(Subscriber.id.in_(ids))
+        .where(one_of(Subscriber.id, ids))
         .values(claimed_until=None)
         .execution_options(synchronize_session=False)
     )
@@ -225,7 +225,9 @@ class Handover:
             marked = set(
                 connection.scalars(
                     update(Delivery)
-                    .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.SENDING)
+                    .where(
+                        one_of(Delivery.id, delivery_ids), Delivery.status == DeliveryStatus.SENDING
+                    )
                     .values(handed_at=now)
                     .returning(Delivery.id)
                 )
@@ -274,7 +276,7 @@ def lock_subscribers(
     """
     if not ids:
         return []
-    query = select(Subscriber).where(Subscriber.id.in_(ids)).order_by(Subscriber.id)
+    query = select(Subscriber).where(one_of(Subscriber.id, ids)).order_by(Subscriber.id)
     if with_consent:
         query = query.options(selectinload(Subscriber.consent))
     return list(session.scalars(query.with_for_update(of=Subscriber)))
@@ -284,7 +286,9 @@ def deliveries(session: Session, ids: list[int]) -> list[Delivery]:
     """The ledger rows with these ids, in id order (one query)."""
     if not ids:
         return []
-    return list(session.scalars(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)))
+    return list(
+        session.scalars(select(Delivery).where(one_of(Delivery.id, ids)).order_by(Delivery.id))
+    )
 
 
 def ledger_rows(
