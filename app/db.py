@@ -6,11 +6,11 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     Connection,
     DateTime,
@@ -65,60 +65,93 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
-class IdList(TypeDecorator[Sequence[int]]):
-    """A list of integer ids bound as one parameter: a bigint array on PostgreSQL,
-    JSON text elsewhere (read back with SQLite's json_each)."""
+class ValueList(TypeDecorator[Sequence[Any]]):
+    """A list of values of one column's type bound as one parameter: an array on
+    PostgreSQL, JSON text elsewhere (read back with SQLite's json_each)."""
 
     impl = String
     cache_ok = True
 
+    def __init__(self, item: TypeEngine[Any]) -> None:
+        super().__init__()
+        self.item = item
+
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
-            return dialect.type_descriptor(ARRAY(BigInteger()))
+            return dialect.type_descriptor(ARRAY(self.item))
         return dialect.type_descriptor(String())
 
-    def process_bind_param(self, value: Sequence[int] | None, dialect: Dialect) -> Any:
-        ids = [int(item) for item in value or ()]
-        return ids if dialect.name == "postgresql" else json.dumps(ids)
+    def process_bind_param(self, value: Sequence[Any] | None, dialect: Dialect) -> Any:
+        # Enum members as their values: the columns hold those.
+        values = [item.value if isinstance(item, Enum) else item for item in value or ()]
+        return values if dialect.name == "postgresql" else json.dumps(values)
 
 
 class OneOf(ColumnElement[bool]):
-    """`column` is one of a list of ids, as a statement whose text does not depend on the
-    list's length (see `one_of`)."""
+    """A column, or a row of columns, is one of a list, in a statement whose text does
+    not depend on the list's length (see `one_of`)."""
 
     inherit_cache = True
     type = Boolean()
     # A comparison, not a boolean column: SQLite needs no "= 1" after it.
     _is_implicitly_boolean = True
     _traverse_internals: _TraverseInternalsType = [  # noqa: RUF012 (SQLAlchemy's own form)
-        ("column", InternalTraversal.dp_clauseelement),
-        ("ids", InternalTraversal.dp_clauseelement),
+        ("columns", InternalTraversal.dp_clauseelement_list),
+        ("lists", InternalTraversal.dp_clauseelement_list),
     ]
 
-    def __init__(self, column: _ColumnExpressionArgument[Any], ids: Sequence[int]) -> None:
-        self.column: ColumnElement[Any] = coercions.expect(roles.ExpressionElementRole, column)
-        self.ids: BindParameter[Sequence[int]] = bindparam(None, list(ids), type_=IdList())
+    def __init__(
+        self, columns: Sequence[_ColumnExpressionArgument[Any]], lists: Sequence[Sequence[Any]]
+    ) -> None:
+        self.columns: list[ColumnElement[Any]] = [
+            coercions.expect(roles.ExpressionElementRole, column) for column in columns
+        ]
+        self.lists: list[BindParameter[Sequence[Any]]] = [
+            bindparam(None, list(values), type_=ValueList(column.type))
+            for column, values in zip(self.columns, lists, strict=True)
+        ]
 
 
-def one_of(column: _ColumnExpressionArgument[Any], ids: Sequence[int]) -> OneOf:
-    """`column IN ids` for a list of integer ids, with the list bound as one parameter.
+def one_of(column: _ColumnExpressionArgument[Any], values: Sequence[Any]) -> OneOf:
+    """`column IN values`, with the list bound as one parameter.
 
-    `IN (...)` writes one placeholder per id: a statement of a new length for every
-    list, which the driver parses again each time (a hundred ids cost the
+    `IN (...)` writes one placeholder per value: a statement of a new length for
+    every list, which the driver parses again each time (a hundred ids cost the
     PostgreSQL driver about a millisecond) and the server plans again each time.
     """
-    return OneOf(column, ids)
+    return OneOf([column], [values])
+
+
+def row_one_of(
+    columns: Sequence[_ColumnExpressionArgument[Any]], rows: Sequence[Sequence[Any]]
+) -> OneOf:
+    """`(column, ...) IN rows`, bound as one parameter per column (see `one_of`)."""
+    lists = [list(values) for values in zip(*rows, strict=True)] if rows else [[] for _ in columns]
+    return OneOf(columns, lists)
 
 
 @compiles(OneOf)
 def _one_of(element: OneOf, compiler: SQLCompiler, **kw: Any) -> str:
-    column = compiler.process(element.column, **kw)
-    return f"{column} IN (SELECT value FROM json_each({compiler.process(element.ids, **kw)}))"
+    # SQLite: json_each reads each list; a row's values share their index ("key").
+    columns = [compiler.process(column, **kw) for column in element.columns]
+    lists = [compiler.process(values, **kw) for values in element.lists]
+    if len(columns) == 1:
+        return f"{columns[0]} IN (SELECT value FROM json_each({lists[0]}))"
+    joined = " ".join(
+        f"JOIN json_each({values}) AS v{n} ON v{n}.key = v0.key"
+        for n, values in enumerate(lists[1:], start=1)
+    )
+    chosen = ", ".join(f"v{n}.value" for n in range(len(lists)))
+    return f"({', '.join(columns)}) IN (SELECT {chosen} FROM json_each({lists[0]}) AS v0 {joined})"
 
 
 @compiles(OneOf, "postgresql")
 def _one_of_postgresql(element: OneOf, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.ids, **kw)})"
+    columns = [compiler.process(column, **kw) for column in element.columns]
+    lists = [compiler.process(values, **kw) for values in element.lists]
+    if len(columns) == 1:
+        return f"{columns[0]} = ANY({lists[0]})"
+    return f"({', '.join(columns)}) IN (SELECT * FROM unnest({', '.join(lists)}))"
 
 
 class Base(DeclarativeBase):

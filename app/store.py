@@ -27,7 +27,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     type_coerce,
     update,
 )
@@ -38,7 +37,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import UTCDateTime, one_of
+from app.db import UTCDateTime, ValueList, one_of, row_one_of
 from app.models import (
     ENDED_STATUSES,
     Click,
@@ -299,7 +298,7 @@ def ledger_rows(
         return {}
     rows = session.scalars(
         select(Delivery).where(
-            tuple_(Delivery.subscriber_id, Delivery.kind, Delivery.number).in_(emails)
+            row_one_of((Delivery.subscriber_id, Delivery.kind, Delivery.number), emails)
         )
     )
     return {(row.subscriber_id, EmailKind(row.kind), row.number): row for row in rows}
@@ -313,15 +312,33 @@ def add_ledger_rows(session: Session, rows: list[dict[str, object]]) -> dict[int
     """
     if not rows:
         return {}
-    dialect = session.get_bind().dialect.name
-    build = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    # Parameters as a list: SQLAlchemy sends them as multi-row VALUES batches
-    # ("insertmanyvalues") from one cached statement.
-    inserted = session.execute(
-        build(Delivery).on_conflict_do_nothing().returning(Delivery.subscriber_id, Delivery.id),
-        rows,
+    returning = (Delivery.subscriber_id, Delivery.id)
+    if session.get_bind().dialect.name != "postgresql":
+        # Parameters as a list: SQLAlchemy sends them as multi-row VALUES batches
+        # ("insertmanyvalues") from one cached statement.
+        statement = sqlite_insert(Delivery).on_conflict_do_nothing().returning(*returning)
+        return dict(session.execute(statement, rows).tuples().all())
+    # PostgreSQL: `SELECT FROM unnest(...)` of one array per column, so the statement's
+    # text is the same for any number of rows (VALUES batches are parsed anew each time).
+    names = list(rows[0])
+    table = Delivery.__table__
+    source = (
+        func.unnest(
+            *(
+                bindparam(None, [row[name] for row in rows], type_=ValueList(table.c[name].type))
+                for name in names
+            )
+        )
+        .table_valued(*names)
+        .render_derived()
     )
-    return {subscriber_id: row_id for subscriber_id, row_id in inserted}
+    statement = (
+        postgresql_insert(Delivery)
+        .from_select(names, select(source))
+        .on_conflict_do_nothing()
+        .returning(*returning)
+    )
+    return dict(session.execute(statement).tuples().all())
 
 
 def suppressions_of(session: Session, mailbox_hashes: list[str]) -> dict[str, datetime]:
@@ -330,7 +347,7 @@ def suppressions_of(session: Session, mailbox_hashes: list[str]) -> dict[str, da
         return {}
     rows = session.execute(
         select(Suppression.mailbox_hash, Suppression.suppressed_at).where(
-            Suppression.mailbox_hash.in_(mailbox_hashes)
+            one_of(Suppression.mailbox_hash, mailbox_hashes)
         )
     )
     return {mailbox_hash: when for mailbox_hash, when in rows}
