@@ -147,29 +147,85 @@ class SmtpMailer:
 
         Raises DeliveryFailure as `send` does. End it with `end`, or `abandon` it.
         """
+        return self.proceed(
+            self.begin(payload, to=to, envelope_from=envelope_from, options=options)
+        )
+
+    def begin(
+        self,
+        payload: bytes,
+        *,
+        to: str,
+        envelope_from: str,
+        options: list[str] | None = None,
+        attempt: int = 1,
+    ) -> Transaction:
+        """The first half of `start`: send the envelope, without waiting for the relay's
+        answers where it offers PIPELINING. Go on with `proceed`.
+
+        Several connections' envelopes can be sent before any answer is read, so their
+        round trips overlap. Raises DeliveryFailure as `send` does.
+        """
         if options is None:
             utf8 = not to.isascii() or not envelope_from.isascii()
             options = ["SMTPUTF8"] if utf8 else []
-        for attempt in (1, 2):
+        for tries in range(attempt, 3):
             if self._connection is None:
                 self._connection = self._connect()
             transaction = Transaction(self._connection, envelope_from, to, payload, options)
+            transaction.attempt = tries
             try:
-                transaction.start()
-                self._mid_message = True
+                transaction.send_envelope()
                 return transaction
             except (smtplib.SMTPException, OSError, UnicodeError) as error:
-                failure = self._failure_of(error, transaction, last_try=attempt == 2)
+                failure = self._failure_of(error, transaction, last_try=tries == 2)
                 if failure is not None:
                     raise failure from error
         raise AssertionError("unreachable: the second try raises")
 
+    def proceed(self, transaction: Transaction) -> Transaction:
+        """The second half of `start`: read the envelope's answers and send the message
+        but its final "."; return the transaction that holds it (a new one, on a new
+        connection, if the relay had closed the reused one while it was idle)."""
+        try:
+            transaction.send_message()
+            self._mid_message = True
+            return transaction
+        except (smtplib.SMTPException, OSError, UnicodeError) as error:
+            failure = self._failure_of(error, transaction, last_try=transaction.attempt == 2)
+            if failure is not None:
+                raise failure from error
+        retry = self.begin(
+            transaction.payload,
+            to=transaction.to,
+            envelope_from=transaction.sender,
+            options=transaction.options,
+            attempt=2,
+        )
+        return self.proceed(retry)
+
     def end(self, transaction: Transaction) -> None:
         """Send a started message's final "." and read the answer; raise DeliveryFailure
         if it is not accepted."""
+        self.send_end(transaction)
+        self.read_end(transaction)
+
+    def send_end(self, transaction: Transaction) -> None:
+        """The first half of `end`: send the final "." (several connections' can go out
+        before any answer is read). Raises DeliveryFailure if the connection is lost."""
         self._mid_message = False
         try:
-            transaction.end()
+            transaction.send_end()
+        except OSError as error:
+            failure = self._failure_of(error, transaction, last_try=True)
+            assert failure is not None
+            raise failure from error
+
+    def read_end(self, transaction: Transaction) -> None:
+        """The second half of `end`: read the answer to the final "."; raise
+        DeliveryFailure if the message is not accepted."""
+        try:
+            transaction.read_end()
         except (smtplib.SMTPException, OSError) as error:
             failure = self._failure_of(error, transaction, last_try=True)
             assert failure is not None
@@ -258,9 +314,6 @@ class SmtpMailer:
             connection.close()
 
 
-#: A line of the message that starts with "." gets another (RFC 5321, 4.5.2).
-
-
 class Transaction:
     """One SMTP mail transaction on an open connection, as smtplib's `sendmail` runs it,
     with two differences: MAIL, RCPT and DATA go out in one write when the relay offers
@@ -276,10 +329,20 @@ class Transaction:
         self.options = options
         #: The final "." went out: from here on the relay may have the email.
         self.ended = False
+        #: Which try of `SmtpMailer.begin` this is (the second is on a new connection).
+        self.attempt = 1
+        #: The answer to DATA, once read (see `send_envelope`).
+        self._data: tuple[int, bytes] | None = None
 
     def start(self) -> None:
         """Send the envelope and the message but its final "."; raise smtplib's exceptions
         as `sendmail` does."""
+        self.send_envelope()
+        self.send_message()
+
+    def send_envelope(self) -> None:
+        """Send MAIL, RCPT and DATA: in one write, without reading the answers, when the
+        relay offers PIPELINING; otherwise one by one (and all of `start` happens here)."""
         connection = self.connection
         options = list(self.options)
         if connection.has_extn("size"):
@@ -290,14 +353,21 @@ class Transaction:
             self._expect(connection.mail(self.sender, options), mail=True)
             self._expect(connection.rcpt(self.to), rcpt=True)
             connection.putcmd("data")
-            data = connection.getreply()
-        else:
-            extra = "".join(f" {option}" for option in options)
-            connection.send(
-                f"MAIL FROM:{smtplib.quoteaddr(self.sender)}{extra}\r\n"
-                f"RCPT TO:{smtplib.quoteaddr(self.to)}\r\n"
-                "DATA\r\n"
-            )
+            self._data = connection.getreply()
+            return
+        extra = "".join(f" {option}" for option in options)
+        connection.send(
+            f"MAIL FROM:{smtplib.quoteaddr(self.sender)}{extra}\r\n"
+            f"RCPT TO:{smtplib.quoteaddr(self.to)}\r\n"
+            "DATA\r\n"
+        )
+
+    def send_message(self) -> None:
+        """Read the envelope's answers (if `send_envelope` left them) and send the message
+        but its final "."."""
+        connection = self.connection
+        data = self._data
+        if data is None:
             mail = connection.getreply()
             rcpt = self._reply_or_closed()
             data = self._reply_or_closed()
@@ -324,10 +394,17 @@ class Transaction:
 
     def end(self) -> None:
         """Send the final "." and read the answer."""
-        connection = self.connection
+        self.send_end()
+        self.read_end()
+
+    def send_end(self) -> None:
+        """Send the final ".": from here on the relay may have the email."""
         self.ended = True
-        connection.send(b".\r\n")
-        answer = connection.getreply()
+        self.connection.send(b".\r\n")
+
+    def read_end(self) -> None:
+        """Read the answer to the final "."."""
+        answer = self.connection.getreply()
         if answer[0] != 250:
             self._refused(answer, smtplib.SMTPDataError(*answer))
 

@@ -360,20 +360,35 @@ def _send_wave(
     `handed_at`; then each gets its "." and its answer. A database that cannot take
     the mark stops the batch (the error propagates): the started emails are
     abandoned, so the relay drops them, and they wait for their lease.
+
+    Each step goes out on every connection before any answer is read (envelopes,
+    then messages, then final dots), so the relay's round trips overlap.
     """
     outcomes: list[tuple[drip.PlannedEmail, Outcome]] = []
-    started: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
+    begun: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
+    unsent: list[drip.PlannedEmail] = []
     for index, (email, mailer) in enumerate(zip(wave, mailers, strict=False)):
-        outcome = _start_one(services, mailer, email, now)
+        outcome = _begin_one(services, mailer, email, now)
         if isinstance(outcome, Transaction):
-            started.append((email, mailer, outcome))
+            begun.append((email, mailer, outcome))
             continue
         outcomes.append((email, outcome))
         if outcome.stop:
             unsent = wave[index + 1 :]
             break
-    else:
-        unsent = []
+    started: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
+    for index, (email, mailer, transaction) in enumerate(begun):
+        outcome = _proceed_one(services, mailer, email, transaction, now)
+        if isinstance(outcome, Transaction):
+            started.append((email, mailer, outcome))
+            continue
+        outcomes.append((email, outcome))
+        if outcome.stop:
+            # The envelopes after it went out, unanswered: drop them unsent.
+            for _, later_mailer, _ in begun[index + 1 :]:
+                later_mailer.abandon()
+            unsent = [later for later, _, _ in begun[index + 1 :]] + unsent
+            break
     # SEND_RATE governs when each email is completed (its "." is what the relay
     # counts). A wait never falls between a mark and its ".": the emails whose slot
     # has come are marked and completed together first.
@@ -408,6 +423,7 @@ def _complete(
         for _, mailer, _ in group + waiting:
             mailer.abandon()
         raise
+    ended: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
     for email, mailer, transaction in group:
         if email.delivery_id not in marked:
             # Erased, or taken over after its lease lapsed, while the batch ran.
@@ -415,18 +431,25 @@ def _complete(
             outcomes.append((email, Outcome("skipped")))
             continue
         try:
-            mailer.end(transaction)
+            mailer.send_end(transaction)
+        except DeliveryFailure as failure:
+            outcomes.append((email, _failed(services, email, failure, now)))
+            continue
+        ended.append((email, mailer, transaction))
+    for email, mailer, transaction in ended:
+        try:
+            mailer.read_end(transaction)
         except DeliveryFailure as failure:
             outcomes.append((email, _failed(services, email, failure, now)))
             continue
         outcomes.append((email, Outcome("sent")))
 
 
-def _start_one(
+def _begin_one(
     services: Services, mailer: SmtpMailer, planned: drip.PlannedEmail, now: datetime
 ) -> Transaction | Outcome:
-    """Make one begun email and hand it to the relay but for its final "." (its transaction);
-    whatever goes wrong stays with this email (its outcome)."""
+    """Make one begun email and send its envelope (its transaction, to go on with
+    `_proceed_one`); whatever goes wrong stays with this email (its outcome)."""
     try:
         recipient = _recipient(services, planned, now)
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
@@ -451,7 +474,24 @@ def _start_one(
     try:
         to = envelope_address(planned.email)
         envelope_from = services.return_path(planned.message_id) or _from_address(services)
-        return mailer.start(message, to=to, envelope_from=envelope_from)
+        return mailer.begin(message, to=to, envelope_from=envelope_from)
+    except DeliveryFailure as failure:
+        return _failed(services, planned, failure, now)
+    except Exception as error:  # one poison email must not stop the batch
+        return _poison(services, planned, error, now)
+
+
+def _proceed_one(
+    services: Services,
+    mailer: SmtpMailer,
+    planned: drip.PlannedEmail,
+    transaction: Transaction,
+    now: datetime,
+) -> Transaction | Outcome:
+    """Hand a begun email to the relay but for its final "." (its transaction), or its
+    outcome if the relay refused it."""
+    try:
+        return mailer.proceed(transaction)
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch

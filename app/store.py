@@ -317,7 +317,8 @@ def add_ledger_rows(session: Session, rows: list[dict[str, object]]) -> dict[int
         # Parameters as a list: SQLAlchemy sends them as multi-row VALUES batches
         # ("insertmanyvalues") from one cached statement.
         statement = sqlite_insert(Delivery).on_conflict_do_nothing().returning(*returning)
-        return dict(session.execute(statement, rows).tuples().all())
+        inserted = session.execute(statement, rows)
+        return {subscriber_id: row_id for subscriber_id, row_id in inserted}
     # PostgreSQL: `SELECT FROM unnest(...)` of one array per column, so the statement's
     # text is the same for any number of rows (VALUES batches are parsed anew each time).
     names = list(rows[0])
@@ -338,7 +339,7 @@ def add_ledger_rows(session: Session, rows: list[dict[str, object]]) -> dict[int
         .on_conflict_do_nothing()
         .returning(*returning)
     )
-    return dict(session.execute(statement).tuples().all())
+    return {subscriber_id: row_id for subscriber_id, row_id in session.execute(statement)}
 
 
 def suppressions_of(session: Session, mailbox_hashes: list[str]) -> dict[str, datetime]:
