@@ -84,7 +84,10 @@ class ValueList(TypeDecorator[Sequence[Any]]):
     def process_bind_param(self, value: Sequence[Any] | None, dialect: Dialect) -> Any:
         # Enum members as their values: the columns hold those.
         values = [item.value if isinstance(item, Enum) else item for item in value or ()]
-        return values if dialect.name == "postgresql" else json.dumps(values)
+        if dialect.name == "postgresql":
+            return values  # the array type binds each item as its column type does
+        process = self.item.dialect_impl(dialect).bind_processor(dialect)
+        return json.dumps(values if process is None else [process(item) for item in values])
 
 
 class OneOf(ColumnElement[bool]):

@@ -97,6 +97,9 @@ class SmtpSink:
     connections: int = 0
     #: Seconds to wait before accepting each message (a slow relay).
     delay: float = 0.0
+    #: Offer PIPELINING (RFC 2920) in the EHLO answer, as Postfix and most relays do
+    #: (aiosmtpd reads pipelined commands one by one either way).
+    pipelining: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(
@@ -105,6 +108,8 @@ class SmtpSink:
         with self.lock:
             self.connections += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
