@@ -41,6 +41,11 @@ def _ours(detail: str) -> DeliveryFailure:
     return DeliveryFailure(detail, Rule(FailureClass.OURS, why="we could not encode the email"))
 
 
+def signing_failure(error: Exception) -> DeliveryFailure:
+    """What a message that cannot be signed (or encoded to sign) fails with: our problem."""
+    return _ours(f"cannot encode the message: {error!r}")
+
+
 def _relay(detail: str) -> DeliveryFailure:
     return DeliveryFailure(detail, Rule(FailureClass.RELAY, why="the relay cannot be reached"))
 
@@ -283,7 +288,7 @@ class SmtpMailer:
         try:
             return payload if self._signer is None else self._signer.sign(payload)
         except (UnicodeError, ValueError) as error:
-            raise _ours(f"cannot encode the message: {error!r}") from error
+            raise signing_failure(error) from error
 
     def _drop_after(self, code: int) -> None:
         # 421 means the relay is closing the connection (smtplib has closed it).

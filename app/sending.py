@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
@@ -29,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import drip, store, timing
 from app.breaker import Gate
 from app.db import session_scope
+from app.dkim import DkimSigner
 from app.emails import (
     EmailTemplateError,
     Recipient,
@@ -38,7 +40,7 @@ from app.emails import (
     wire_message,
 )
 from app.failures import FailureClass
-from app.mailer import DeliveryFailure, SmtpMailer, Transaction
+from app.mailer import DeliveryFailure, SmtpMailer, Transaction, signing_failure
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -319,11 +321,13 @@ def _send_chunk(
     # or held back by the suppression list or the confirmation cap.
     report.add("skipped", len(subscriber_ids) - len(planned))
     accepted: list[int] = []
-    rest = planned
+    width = len(mailers)
+    rest = planned[width:]
+    made: list[Made] | None = [_make(services, email, now) for email in planned[:width]]
     try:
-        while rest:
-            wave, rest = rest[: len(mailers)], rest[len(mailers) :]
-            outcomes, unsent = _send_wave(services, mailers, handover, wave, now)
+        while made:
+            upcoming, rest = rest[:width], rest[width:]
+            outcomes, unsent, made = _send_wave(services, mailers, handover, made, upcoming, now)
             for email, outcome in outcomes:
                 report.add(outcome.name)
                 if outcome.name == "sent":
@@ -332,7 +336,7 @@ def _send_chunk(
                         services.breaker.succeeded()
             stop = next((outcome for _, outcome in outcomes if outcome.stop), None)
             if stop is not None:
-                rest = unsent + rest
+                rest = unsent + upcoming + rest
                 with session_scope(services.sessions) as session:
                     drip.release_deliveries(session, [e.delivery_id for e in rest])
                     store.release_claims(
@@ -346,15 +350,66 @@ def _send_chunk(
     return None
 
 
+@dataclass
+class Made:
+    """One email made ahead of its turn: its wire form, its DKIM signature (being made
+    in a thread), or what went wrong making it."""
+
+    email: drip.PlannedEmail
+    wire: bytes = b""
+    error: Exception | None = None
+    #: The DKIM tags and the RSA signature being made (`DkimSigner.prepare`).
+    tags: bytes = b""
+    signature: Future[bytes] | None = None
+
+    def message(self) -> bytes:
+        """The signed wire form; raises what went wrong making it."""
+        if self.error is not None:
+            raise self.error
+        if self.signature is None:
+            return self.wire
+        try:
+            signature = self.signature.result()
+        except (UnicodeError, ValueError) as error:
+            raise signing_failure(error) from error
+        return DkimSigner.assemble(self.tags, signature, self.wire)
+
+
+def _make(services: Services, planned: drip.PlannedEmail, now: datetime) -> Made:
+    """Render and assemble one email, and start its DKIM signature in a thread.
+
+    Nothing here writes anywhere: a made email that the batch stops before may be
+    dropped, and what went wrong is dealt with when the email's turn comes.
+    """
+    try:
+        recipient = _recipient(services, planned, now)
+        rendered = render(services.catalog.get(planned.template), services.sender, recipient)
+        wire = wire_message(rendered, services.sender, recipient, now=now)
+    except Exception as error:  # dealt with in its turn (`_begin_one`)
+        return Made(planned, error=error)
+    dkim = services.dkim
+    if dkim is None:
+        return Made(planned, wire)
+    try:
+        tags, signed = dkim.prepare(wire)
+    except (UnicodeError, ValueError) as error:
+        return Made(planned, error=signing_failure(error))
+    return Made(
+        planned, wire, tags=tags, signature=services.signing_threads.submit(dkim.signature, signed)
+    )
+
+
 def _send_wave(
     services: Services,
     mailers: list[SmtpMailer],
     handover: store.Handover,
-    wave: list[drip.PlannedEmail],
+    wave: list[Made],
+    upcoming: list[drip.PlannedEmail],
     now: datetime,
-) -> tuple[list[tuple[drip.PlannedEmail, Outcome]], list[drip.PlannedEmail]]:
-    """Send up to one email per connection at once; return each one's outcome, and the
-    emails not started because an outcome stopped the wave.
+) -> tuple[list[tuple[drip.PlannedEmail, Outcome]], list[drip.PlannedEmail], list[Made] | None]:
+    """Send up to one email per connection at once; return each one's outcome, the
+    emails not started because an outcome stopped the wave, and the `upcoming` emails
+    made for the next wave (None if the wave stopped).
 
     Each email goes to the relay but for its final "."; one commit marks them all
     `handed_at`; then each gets its "." and its answer. A database that cannot take
@@ -362,19 +417,22 @@ def _send_wave(
     abandoned, so the relay drops them, and they wait for their lease.
 
     Each step goes out on every connection before any answer is read (envelopes,
-    then messages, then final dots), so the relay's round trips overlap.
+    then messages, then final dots), so the relay's round trips overlap. The next
+    wave is made before the mark, so its DKIM signatures are made in threads while
+    this wave waits for the database and the relay; nothing runs between a mark and
+    its final dots.
     """
     outcomes: list[tuple[drip.PlannedEmail, Outcome]] = []
     begun: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
     unsent: list[drip.PlannedEmail] = []
-    for index, (email, mailer) in enumerate(zip(wave, mailers, strict=False)):
-        outcome = _begin_one(services, mailer, email, now)
+    for index, (made, mailer) in enumerate(zip(wave, mailers, strict=False)):
+        outcome = _begin_one(services, mailer, made, now)
         if isinstance(outcome, Transaction):
-            begun.append((email, mailer, outcome))
+            begun.append((made.email, mailer, outcome))
             continue
-        outcomes.append((email, outcome))
+        outcomes.append((made.email, outcome))
         if outcome.stop:
-            unsent = wave[index + 1 :]
+            unsent = [later.email for later in wave[index + 1 :]]
             break
     started: list[tuple[drip.PlannedEmail, SmtpMailer, Transaction]] = []
     for index, (email, mailer, transaction) in enumerate(begun):
@@ -389,6 +447,8 @@ def _send_wave(
                 later_mailer.abandon()
             unsent = [later for later, _, _ in begun[index + 1 :]] + unsent
             break
+    stopped = any(outcome.stop for _, outcome in outcomes)
+    following = None if stopped else [_make(services, email, now) for email in upcoming]
     # SEND_RATE governs when each email is completed (its "." is what the relay
     # counts). A wait never falls between a mark and its ".": the emails whose slot
     # has come are marked and completed together first.
@@ -401,7 +461,7 @@ def _send_wave(
             time.sleep(delay)
         group.append(item)
     _complete(services, handover, group, [], outcomes, now)
-    return outcomes, unsent
+    return outcomes, unsent, following
 
 
 def _complete(
@@ -446,14 +506,13 @@ def _complete(
 
 
 def _begin_one(
-    services: Services, mailer: SmtpMailer, planned: drip.PlannedEmail, now: datetime
+    services: Services, mailer: SmtpMailer, made: Made, now: datetime
 ) -> Transaction | Outcome:
-    """Make one begun email and send its envelope (its transaction, to go on with
-    `_proceed_one`); whatever goes wrong stays with this email (its outcome)."""
+    """Send a made email's envelope (its transaction, to go on with `_proceed_one`);
+    whatever went wrong making it, or goes wrong now, stays with this email (its outcome)."""
+    planned = made.email
     try:
-        recipient = _recipient(services, planned, now)
-        rendered = render(services.catalog.get(planned.template), services.sender, recipient)
-        message = mailer.sign(wire_message(rendered, services.sender, recipient, now=now))
+        message = made.message()
     except (TemplateError, EmailTemplateError) as error:
         # Our template or settings: never the subscriber's fault. The step waits
         # (without counting) until the template is fixed; reported once per template.

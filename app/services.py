@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -146,6 +148,14 @@ class Services:
             selector=settings.dkim_selector,
         )
 
+    @cached_property
+    def signing_threads(self) -> ThreadPoolExecutor:
+        """Threads for DKIM's RSA signatures, which run in OpenSSL without Python's lock:
+        a batch signs the next emails while it waits for the relay and the database."""
+        return ThreadPoolExecutor(
+            max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="onward-dkim"
+        )
+
     def sample_recipient(self) -> Recipient:
         """A made-up subscriber, Ada, for previews, benchmarks and checks of the emails."""
         return Recipient(
@@ -186,6 +196,8 @@ class Services:
             self.engine.dispose()
         if "redis" in self.__dict__:
             self.redis.close()
+        if "signing_threads" in self.__dict__:
+            self.signing_threads.shutdown()
 
     def mailer(self) -> SmtpMailer:
         """A fresh SMTP mailer (one connection, reused for a batch)."""

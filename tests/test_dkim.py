@@ -60,9 +60,12 @@ def verify(raw: bytes, records: dict[bytes, bytes]) -> bool:
 def test_every_sent_message_is_signed_and_verifies(
     signing: Services, smtp: SmtpSink, clock: FakeClock
 ) -> None:
-    ids = [active_subscriber(signing, f"p{n}@example.com", clock.now) for n in range(3)]
+    # Nine: three waves over four connections, each wave's signatures made in threads
+    # while the wave before it is sent; each must still be its own message's.
+    ids = [active_subscriber(signing, f"p{n}@example.com", clock.now) for n in range(9)]
     claim(signing, ids, clock.now)
-    assert send_batch(signing, ids).as_dict() == {"sent": 3}
+    assert send_batch(signing, ids).as_dict() == {"sent": 9}
+    assert len(smtp.messages) == 9
     assert signing.dkim is not None
     records = published(signing.dkim)
     for received in smtp.messages:
