@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import addresses, store, timing
+from app import addresses, outbound, store, timing
 from app.config import Rate
 from app.failures import FailureClass, classify_reported
 from app.mailbox import MailboxKeys
@@ -998,15 +998,31 @@ def finish_deliveries(
     A handful of statements for the whole list. Doing it again changes nothing:
     a subscription moves past an email once, however often it is recorded.
     """
-    rows = store.deliveries(session, delivery_ids)
+    # The ledger rows as plain values and one UPDATE: a chunk's rows need no objects.
+    # The subscriptions are locked before the rows are written, as everywhere else.
+    entries = store.ledger_entries(session, delivery_ids)
     subscribers = {
         subscriber.id: subscriber
         for subscriber in store.lock_subscribers(
-            session, [row.subscriber_id for row in rows], with_consent=False
+            session, [entry.subscriber_id for entry in entries], with_consent=False
         )
     }
-    for delivery in rows:
-        _mark_sent(delivery, subscribers[delivery.subscriber_id], policy, now)
+    store.set_sent(session, [entry.id for entry in entries], now)
+    for entry in entries:
+        subscriber = subscribers[entry.subscriber_id]
+        subscriber.send_failures = 0
+        subscriber.last_error = None
+        _advance(subscriber, entry.kind, entry.number, policy, now)
+        if entry.kind == EmailKind.STEP and entry.status != DeliveryStatus.SENT:
+            # What the session's change tracking reports for a sent row it loaded.
+            outbound.note(
+                session,
+                "step_sent",
+                subscriber_id=subscriber.id,
+                email=subscriber.email,
+                status=str(subscriber.status),
+                step=entry.number,
+            )
 
 
 def _mark_sent(delivery: Delivery, subscriber: Subscriber, policy: Policy, now: datetime) -> None:

@@ -178,10 +178,19 @@ class Happened:
     step: int | None
 
 
-def note(session: Session, kind: str, *, subscriber_id: int, email: str, status: str) -> None:
+def note(
+    session: Session,
+    kind: str,
+    *,
+    subscriber_id: int,
+    email: str,
+    status: str,
+    step: int | None = None,
+) -> None:
     """Tell the endpoints that `kind` happened to a subscription written in bulk (an
-    import), which the session's own change tracking does not see; sent at commit."""
-    _seen(session).append(Happened(kind, subscriber_id, email, status, None))
+    import, the ledger's sent rows), which the session's own change tracking does not
+    see; sent at commit."""
+    _seen(session).append(Happened(kind, subscriber_id, email, status, step))
 
 
 def _seen(session: Session) -> list[Happened]:

@@ -290,6 +290,43 @@ def deliveries(session: Session, ids: list[int]) -> list[Delivery]:
     )
 
 
+@dataclass(frozen=True)
+class LedgerEntry:
+    """Which email a ledger row records, and its status."""
+
+    id: int
+    subscriber_id: int
+    kind: EmailKind
+    number: int
+    status: DeliveryStatus
+
+
+def ledger_entries(session: Session, ids: list[int]) -> list[LedgerEntry]:
+    """The ledger rows with these ids, as plain values, in id order (one query)."""
+    if not ids:
+        return []
+    rows = session.execute(
+        select(Delivery.id, Delivery.subscriber_id, Delivery.kind, Delivery.number, Delivery.status)
+        .where(one_of(Delivery.id, ids))
+        .order_by(Delivery.id)
+    )
+    return [
+        LedgerEntry(row_id, subscriber_id, EmailKind(kind), number, DeliveryStatus(status))
+        for row_id, subscriber_id, kind, number, status in rows
+    ]
+
+
+def set_sent(session: Session, ids: list[int], now: datetime) -> None:
+    """Mark these ledger rows sent at `now`, clearing any error (one statement)."""
+    if ids:
+        session.execute(
+            update(Delivery)
+            .where(one_of(Delivery.id, ids))
+            .values(status=DeliveryStatus.SENT, sent_at=now, error=None, failure_class=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def ledger_rows(
     session: Session, emails: list[tuple[int, EmailKind, int]]
 ) -> dict[tuple[int, EmailKind, int], Delivery]:
