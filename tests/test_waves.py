@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from app import sending, store
+from app.db import session_scope
+from app.dkim import DkimSigner
+from app.emails import EmailTemplateError, Recipient, render
+from app.failures import FailureClass
+from app.models import EmailKind, Subscriber
 from app.sending import send_batch
 from app.services import Services
 from tests.support import FakeClock, SmtpSink, active_subscriber, claim, free_port
@@ -119,3 +126,58 @@ def test_a_refused_sender_mid_wave_leaves_the_envelopes_after_it_unsent(
     # and the batch stops; the three envelopes already sent are dropped unsent.
     assert report == {"deferred": 1, "waiting": 3}
     assert smtp.messages == []
+
+
+def test_an_email_made_ahead_for_a_wave_that_never_comes_leaves_no_trace(
+    services: Services, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # r4 and r5 are made (rendered, signed) while the first wave is in flight; making
+    # r5 fails. The relay then defers the first wave and the batch stops: r5's failure
+    # must not be recorded (its wave never came), and both go back unsent.
+    def render_or_fail(template: Any, sender: Any, recipient: Recipient) -> Any:
+        if recipient.email == "r5@example.com":
+            raise EmailTemplateError("made ahead, never sent")
+        return render(template, sender, recipient)
+
+    monkeypatch.setattr(sending, "render", render_or_fail)
+    ids = [active_subscriber(services, f"r{n}@example.com", clock.now) for n in range(6)]
+    smtp.answers["data"] = "421 4.7.0 Try again later"
+    claim(services, ids, clock.now)
+    report = send_batch(services, ids).as_dict()
+    assert report["waiting"] == 2 and sum(report.values()) == 6
+    with session_scope(services.sessions) as session:
+        r5 = session.get_one(Subscriber, ids[5])
+        assert r5.last_error is None and r5.send_failures == 0
+        assert store.ledger_row(session, ids[5], EmailKind.STEP, 1) is None
+    # Once the relay is back, r5's own turn reports its template error.
+    del smtp.answers["data"]
+    clock.advance(services.settings.claim_lease * 4)
+    claim(services, ids, clock.now)
+    report = send_batch(services, ids).as_dict()
+    assert report == {"sent": 5, "deferred": 1}
+
+
+def test_a_signature_that_cannot_be_made_defers_its_email_as_ours(
+    services: Services, smtp: SmtpSink, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Signatures are made in threads: what goes wrong there reaches its own email.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    signer = DkimSigner("onward.test", "s1", b"", key)
+    signature = signer.signature
+
+    def fail_for_r1(signed: bytes) -> bytes:
+        if b"r1@example.com" in signed:
+            raise ValueError("no signature today")
+        return signature(signed)
+
+    object.__setattr__(signer, "signature", fail_for_r1)
+    services.__dict__["dkim"] = signer
+    ids = [active_subscriber(services, f"r{n}@example.com", clock.now) for n in range(3)]
+    claim(services, ids, clock.now)
+    assert send_batch(services, ids).as_dict() == {"sent": 2, "deferred": 1}
+    assert sorted(m.envelope_to[0] for m in smtp.messages) == ["r0@example.com", "r2@example.com"]
+    assert all(m.raw.startswith(b"DKIM-Signature:") for m in smtp.messages)
+    with session_scope(services.sessions) as session:
+        row = store.ledger_row(session, ids[1], EmailKind.STEP, 1)
+        assert row is not None and row.failure_class == FailureClass.OURS
+        assert "cannot encode the message" in (row.error or "")
