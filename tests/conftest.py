@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
@@ -27,7 +26,7 @@ from app.config import Settings
 from app.db import migrate
 from app.dev.embedded_redis import EmbeddedRedis
 from app.services import Services
-from tests.support import FakeClock, SmtpSink, free_port
+from tests.support import FakeClock, SmtpSink, serving
 
 
 @pytest.fixture(scope="session")
@@ -52,14 +51,8 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def smtp() -> Iterator[SmtpSink]:
     """A real SMTP server on a free local port."""
-    sink = SmtpSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    sink.port = controller.port  # type: ignore[attr-defined]
-    try:
+    with serving(SmtpSink()) as sink:
         yield sink
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

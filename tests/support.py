@@ -7,13 +7,16 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any
+from typing import Any, TypeVar
 
+from aiosmtpd.controller import Controller
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
@@ -151,10 +154,26 @@ class SmtpSink:
         return [m for m in self.messages if address in m.envelope_to]
 
 
+Handler = TypeVar("Handler")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serving(handler: Handler) -> Iterator[Handler]:
+    """Run an SMTP handler (an SmtpSink) on a real aiosmtpd server on a free local port,
+    named by the handler's `port` attribute while it runs."""
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    setattr(handler, "port", controller.port)  # noqa: B010 (any handler class)
+    try:
+        yield handler
+    finally:
+        controller.stop()
 
 
 def run_worker(services: Services) -> None:

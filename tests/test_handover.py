@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -30,7 +29,7 @@ from app.db import session_scope, utcnow
 from app.models import Delivery, DeliveryStatus, Subscriber
 from app.sending import send_batch
 from app.services import Services
-from tests.support import FakeClock, SmtpSink, active_subscriber, claim, free_port, run_worker
+from tests.support import FakeClock, SmtpSink, active_subscriber, claim, run_worker, serving
 from worker.schedule import tick
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,13 +116,9 @@ def kill_while_held(services: Services, sink: HoldingSink, subscriber_id: int) -
 
 @pytest.fixture
 def holding(request: pytest.FixtureRequest) -> Any:
-    sink = HoldingSink(request.param)
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    sink.port = controller.port  # type: ignore[attr-defined]
-    yield sink
-    sink.released.set()
-    controller.stop()
+    with serving(HoldingSink(request.param)) as sink:
+        yield sink
+        sink.released.set()
 
 
 @pytest.mark.parametrize("holding", ["data"], indirect=True)

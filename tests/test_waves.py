@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app import sending, store
@@ -26,7 +25,7 @@ from app.failures import FailureClass
 from app.models import EmailKind, Subscriber
 from app.sending import send_batch
 from app.services import Services
-from tests.support import FakeClock, SmtpSink, active_subscriber, claim, free_port
+from tests.support import FakeClock, SmtpSink, active_subscriber, claim, serving
 
 #: How long a held answer waits for the rest of the wave before refusing.
 HOLD_SECONDS = 10.0
@@ -73,14 +72,8 @@ class WaveSink(SmtpSink):
 
 @pytest.fixture
 def wave_sink(request: pytest.FixtureRequest, services: Services) -> Iterator[WaveSink]:
-    sink = WaveSink(request.param, services.settings.send_connections)
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    sink.port = controller.port  # type: ignore[attr-defined]
-    try:
+    with serving(WaveSink(request.param, services.settings.send_connections)) as sink:
         yield sink
-    finally:
-        controller.stop()
 
 
 @pytest.mark.parametrize("wave_sink", ["mail", "data"], indirect=True)
