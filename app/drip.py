@@ -1007,6 +1007,8 @@ def finish_deliveries(
             session, [entry.subscriber_id for entry in entries], with_consent=False
         )
     }
+    # A subscription erased since its rows were read took its rows with it.
+    entries = [entry for entry in entries if entry.subscriber_id in subscribers]
     store.set_sent(session, [entry.id for entry in entries], now)
     for entry in entries:
         subscriber = subscribers[entry.subscriber_id]

@@ -327,3 +327,32 @@ def test_sign_ups_never_confirmed_are_forgotten_after_thirty_days(
         assert session.get(Subscriber, recent) is not None
     with session_scope(services.sessions) as session:
         assert drip.forget_unconfirmed(session, now=clock.now) == 0
+
+
+def test_recording_a_chunk_skips_a_subscription_erased_since_its_rows_were_read(
+    services: Services, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, erased = (active_subscriber(services, f"r{n}@example.com", clock.now) for n in range(2))
+    planned = [begin(services, subscriber_id, clock.now) for subscriber_id in (kept, erased)]
+    assert all(planned)
+    lock = store.lock_subscribers
+
+    def erased_meanwhile(session: Session, ids: list[int], **options: bool) -> list[Subscriber]:
+        # As if erased between reading the ledger rows and locking the subscriptions.
+        return [s for s in lock(session, ids, **options) if s.id != erased]
+
+    monkeypatch.setattr(store, "lock_subscribers", erased_meanwhile)
+    with session_scope(services.sessions) as session:
+        drip.finish_deliveries(
+            session,
+            [p.delivery_id for p in planned if p is not None],
+            policy=services.policy,
+            now=clock.now,
+        )
+    with session_scope(services.sessions) as session:
+        assert session.get_one(Subscriber, kept).next_step == 2
+        assert session.get_one(Subscriber, erased).next_step == 1
+        statuses = {
+            row.subscriber_id: row.status for row in session.scalars(select(Delivery)).all()
+        }
+        assert statuses == {kept: DeliveryStatus.SENT, erased: DeliveryStatus.SENDING}
