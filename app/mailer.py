@@ -321,8 +321,11 @@ class SmtpMailer:
 
 class Transaction:
     """One SMTP mail transaction on an open connection, as smtplib's `sendmail` runs it,
-    with two differences: MAIL, RCPT and DATA go out in one write when the relay offers
-    PIPELINING (RFC 2920), and the message's final "." waits for `end`."""
+    in four steps that the caller may interleave with other connections' (see
+    `SmtpMailer`): `send_envelope` (MAIL, RCPT and DATA, in one write when the relay
+    offers PIPELINING, RFC 2920), `send_message` (their answers, then the message but
+    its final "."), `send_end` (the ".") and `read_end` (its answer). Each raises
+    smtplib's exceptions as `sendmail` does."""
 
     def __init__(
         self, connection: smtplib.SMTP, sender: str, to: str, payload: bytes, options: list[str]
@@ -339,15 +342,10 @@ class Transaction:
         #: The answer to DATA, once read (see `send_envelope`).
         self._data: tuple[int, bytes] | None = None
 
-    def start(self) -> None:
-        """Send the envelope and the message but its final "."; raise smtplib's exceptions
-        as `sendmail` does."""
-        self.send_envelope()
-        self.send_message()
-
     def send_envelope(self) -> None:
         """Send MAIL, RCPT and DATA: in one write, without reading the answers, when the
-        relay offers PIPELINING; otherwise one by one (and all of `start` happens here)."""
+        relay offers PIPELINING; otherwise one by one, reading each answer (and then
+        `send_message` only sends the message)."""
         connection = self.connection
         options = list(self.options)
         if connection.has_extn("size"):
@@ -396,11 +394,6 @@ class Transaction:
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         connection.send(body)
-
-    def end(self) -> None:
-        """Send the final "." and read the answer."""
-        self.send_end()
-        self.read_end()
 
     def send_end(self) -> None:
         """Send the final ".": from here on the relay may have the email."""
