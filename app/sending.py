@@ -513,6 +513,9 @@ def _begin_one(
     planned = made.email
     try:
         message = made.message()
+        to = envelope_address(planned.email)
+        envelope_from = services.return_path(planned.message_id) or _from_address(services)
+        return mailer.begin(message, to=to, envelope_from=envelope_from)
     except (TemplateError, EmailTemplateError) as error:
         # Our template or settings: never the subscriber's fault. The step waits
         # (without counting) until the template is fixed; reported once per template.
@@ -526,14 +529,6 @@ def _begin_one(
             failure_class=FailureClass.OURS,
         )
         return Outcome("deferred")
-    except DeliveryFailure as failure:
-        return _failed(services, planned, failure, now)
-    except Exception as error:  # one poison email must not stop the batch
-        return _poison(services, planned, error, now)
-    try:
-        to = envelope_address(planned.email)
-        envelope_from = services.return_path(planned.message_id) or _from_address(services)
-        return mailer.begin(message, to=to, envelope_from=envelope_from)
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
     except Exception as error:  # one poison email must not stop the batch
