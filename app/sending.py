@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.results import Result
+from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import drip, store, timing
@@ -385,6 +386,8 @@ def _make(services: Services, planned: drip.PlannedEmail, now: datetime) -> Made
         recipient = _recipient(services, planned, now)
         rendered = render(services.catalog.get(planned.template), services.sender, recipient)
         wire = wire_message(rendered, services.sender, recipient, now=now)
+    except JobTimeoutException:
+        raise  # the job's time is up (rq raises it anywhere): not this email's fault
     except Exception as error:  # dealt with in its turn (`_begin_one`)
         return Made(planned, error=error)
     dkim = services.dkim
@@ -531,6 +534,8 @@ def _begin_one(
         return Outcome("deferred")
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
+    except JobTimeoutException:
+        raise  # the job's time is up: the email waits for its lease, never poison
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
 
@@ -548,6 +553,8 @@ def _proceed_one(
         return mailer.proceed(transaction)
     except DeliveryFailure as failure:
         return _failed(services, planned, failure, now)
+    except JobTimeoutException:
+        raise  # the job's time is up: the email waits for its lease, never poison
     except Exception as error:  # one poison email must not stop the batch
         return _poison(services, planned, error, now)
 

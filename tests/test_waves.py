@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from rq.timeouts import JobTimeoutException
 
 from app import sending, store
 from app.db import session_scope
@@ -174,3 +175,53 @@ def test_a_signature_that_cannot_be_made_defers_its_email_as_ours(
         row = store.ledger_row(session, ids[1], EmailKind.STEP, 1)
         assert row is not None and row.failure_class == FailureClass.OURS
         assert "cannot encode the message" in (row.error or "")
+
+
+@pytest.mark.parametrize("where", ["making", "envelope"])
+def test_a_job_whose_time_runs_out_mid_wave_poisons_no_email(
+    where: str,
+    services: Services,
+    smtp: SmtpSink,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # rq raises JobTimeoutException wherever the job is when its time is up: while
+    # r5 is made ahead, or while r1's envelope is being sent. It is the job's end,
+    # not a poison email: it propagates, the wave in flight is dropped unsent, and
+    # every email waits for its lease without an error or a failure counted.
+    def running_out(address: str) -> None:
+        if address == "r5@example.com" and where == "making":
+            raise JobTimeoutException("Task exceeded maximum timeout value (1800 seconds)")
+        if address == "r1@example.com" and where == "envelope":
+            raise JobTimeoutException("Task exceeded maximum timeout value (1800 seconds)")
+
+    def render_or_run_out(template: Any, sender: Any, recipient: Recipient) -> Any:
+        running_out(recipient.email)
+        return render(template, sender, recipient)
+
+    envelope_address = sending.envelope_address
+
+    def envelope_or_run_out(email: str) -> str:
+        address = envelope_address(email)
+        running_out(address)
+        return address
+
+    monkeypatch.setattr(sending, "render", render_or_run_out)
+    monkeypatch.setattr(sending, "envelope_address", envelope_or_run_out)
+    ids = [active_subscriber(services, f"r{n}@example.com", clock.now) for n in range(6)]
+    claim(services, ids, clock.now)
+    with pytest.raises(JobTimeoutException):
+        send_batch(services, ids)
+    assert smtp.messages == []
+    with session_scope(services.sessions) as session:
+        for subscriber_id in ids:
+            subscriber = session.get_one(Subscriber, subscriber_id)
+            assert subscriber.last_error is None and subscriber.send_failures == 0
+    # Once their leases lapse, each is sent, once.
+    monkeypatch.undo()
+    clock.advance(services.settings.claim_lease * 4)
+    claim(services, ids, clock.now)
+    assert send_batch(services, ids).as_dict() == {"sent": 6}
+    assert sorted(m.envelope_to[0] for m in smtp.messages) == [
+        f"r{n}@example.com" for n in range(6)
+    ]
