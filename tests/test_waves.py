@@ -177,9 +177,12 @@ def test_a_signature_that_cannot_be_made_defers_its_email_as_ours(
         assert "cannot encode the message" in (row.error or "")
 
 
-@pytest.mark.parametrize("where", ["making", "envelope"])
+@pytest.mark.parametrize(
+    ("where", "whose"), [("making", "r5@example.com"), ("envelope", "r1@example.com")]
+)
 def test_a_job_whose_time_runs_out_mid_wave_poisons_no_email(
     where: str,
+    whose: str,
     services: Services,
     smtp: SmtpSink,
     clock: FakeClock,
@@ -189,21 +192,19 @@ def test_a_job_whose_time_runs_out_mid_wave_poisons_no_email(
     # r5 is made ahead, or while r1's envelope is being sent. It is the job's end,
     # not a poison email: it propagates, the wave in flight is dropped unsent, and
     # every email waits for its lease without an error or a failure counted.
-    def running_out(address: str) -> None:
-        if address == "r5@example.com" and where == "making":
-            raise JobTimeoutException("Task exceeded maximum timeout value (1800 seconds)")
-        if address == "r1@example.com" and where == "envelope":
+    def running_out(stage: str, address: str) -> None:
+        if (stage, address) == (where, whose):
             raise JobTimeoutException("Task exceeded maximum timeout value (1800 seconds)")
 
     def render_or_run_out(template: Any, sender: Any, recipient: Recipient) -> Any:
-        running_out(recipient.email)
+        running_out("making", recipient.email)
         return render(template, sender, recipient)
 
     envelope_address = sending.envelope_address
 
     def envelope_or_run_out(email: str) -> str:
         address = envelope_address(email)
-        running_out(address)
+        running_out("envelope", address)
         return address
 
     monkeypatch.setattr(sending, "render", render_or_run_out)
