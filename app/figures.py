@@ -26,7 +26,7 @@ from app import console, drip
 from app.config import ConfigError
 from app.db import session_scope
 from app.models import DeliveryStatus, SubscriberStatus
-from app.stopping import StopFlag
+from app.stopping import StopFlag, stop_signals_kept_from_new_threads
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -223,5 +223,6 @@ def refresh_in_background(services: Services, stop: StopFlag | threading.Event) 
             stop.wait(pause)
 
     thread = threading.Thread(target=run, name="console-figures", daemon=True)
-    thread.start()
+    with stop_signals_kept_from_new_threads():
+        thread.start()
     return thread

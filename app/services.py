@@ -26,6 +26,7 @@ from app.emails import EmailCatalog, Recipient, Sender
 from app.mailbox import MailboxKeys
 from app.mailer import SmtpMailer
 from app.sendrate import SendRate
+from app.stopping import keep_stop_signals_from_this_thread
 from app.tokens import Links, LinkSigner, TrackedLink
 
 
@@ -153,7 +154,9 @@ class Services:
         """Threads for DKIM's RSA signatures, which run in OpenSSL without Python's lock:
         a batch signs the next emails while it waits for the relay and the database."""
         return ThreadPoolExecutor(
-            max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="onward-dkim"
+            max_workers=min(2, os.cpu_count() or 1),
+            thread_name_prefix="onward-dkim",
+            initializer=keep_stop_signals_from_this_thread,
         )
 
     def sample_recipient(self) -> Recipient:

@@ -2,6 +2,8 @@
 
 Ctrl-C in `make run` sends SIGINT to every process of the group, and the launcher then
 sends SIGTERM too; a supervisor may send SIGTERM while a process is still starting.
+Every thread we start leaves those signals to the main thread: one that a side thread
+caught would wait for the main thread's wait on Redis to end before it was handled.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from app import figures
+from app.services import Services
 from app.stopping import StopFlag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +108,61 @@ def test_sigint_then_sigterm_stops_the_process(
                 process.wait()
             assert process.stdout is not None
             process.stdout.close()
+
+
+def blocked_signals(thread_id: int) -> set[int]:
+    """The signals a thread blocks, from its SigBlk mask (/proc/<id> serves threads too)."""
+    status = Path(f"/proc/{thread_id}/status").read_text()
+    mask = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    bits = int(mask.split()[1], 16)
+    return {number for number in range(1, 65) if bits & (1 << (number - 1))}
+
+
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def test_a_waiting_worker_leaves_the_stop_signals_to_its_main_thread(
+    tmp_path: Path, redis_url: str
+) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "init-db"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'onward.db'}"},
+        check=True,
+        capture_output=True,
+    )
+    process = start("worker", tmp_path, redis_url)
+    try:
+        wait_for_line(process, "Listening on")
+        threads = [int(task) for task in os.listdir(f"/proc/{process.pid}/task")]
+        side_threads = [thread for thread in threads if thread != process.pid]
+        # rq's control channel has a thread of its own while the worker waits for a job.
+        assert side_threads
+        assert not STOPS & blocked_signals(process.pid)
+        for thread in side_threads:
+            assert blocked_signals(thread) >= STOPS, thread
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_the_threads_we_start_leave_the_stop_signals_to_the_main_thread(
+    services: Services,
+) -> None:
+    signing = services.signing_threads.submit(threading.get_native_id).result()
+    stop = StopFlag()
+    counting = figures.refresh_in_background(services, stop)
+    try:
+        assert counting.native_id is not None
+        for thread in (signing, counting.native_id):
+            assert blocked_signals(thread) >= STOPS
+        # The main thread still takes them, and starting the threads left it as it was.
+        assert not STOPS & blocked_signals(threading.get_native_id())
+    finally:
+        stop.set()
+        counting.join(timeout=30)

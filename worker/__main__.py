@@ -15,7 +15,7 @@ from rq import SimpleWorker
 
 from app.checks import start_process
 from app.config import ConfigError
-from app.stopping import StopFlag
+from app.stopping import StopFlag, stop_signals_kept_from_new_threads
 from worker.jobs import use_services
 
 #: Set by SIGINT or SIGTERM before rq has installed its own handlers.
@@ -23,13 +23,20 @@ _stop_asked_early = StopFlag()
 
 
 class OnwardWorker(SimpleWorker):
-    """rq's SimpleWorker, keeping a stop asked for while it was still starting.
+    """rq's SimpleWorker, keeping a stop asked for while it was still starting, and
+    hearing every stop at once.
 
     rq installs its SIGINT and SIGTERM handlers only once it has registered itself and
     cleaned its registries; a stop asked for before then (Ctrl-C right after `make run`
     started) was lost, and the worker listened on until killed. Our handlers note it
     until then, and the worker's loop then stops at its first turn.
     """
+
+    def subscribe(self) -> None:
+        """rq's subscription to its control channel, whose thread leaves SIGINT and
+        SIGTERM to the main thread (caught there, they interrupt the wait for a job)."""
+        with stop_signals_kept_from_new_threads():
+            super().subscribe()  # type: ignore[no-untyped-call]
 
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()  # type: ignore[no-untyped-call]
