@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,30 @@ def start(module: str, tmp_path: Path, redis_url: str) -> subprocess.Popen[str]:
     )
 
 
+def init_db(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "init-db"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'onward.db'}"},
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextmanager
+def running(module: str, tmp_path: Path, redis_url: str) -> Iterator[subprocess.Popen[str]]:
+    """`python -m module`, killed on the way out if it has not stopped by then."""
+    process = start(module, tmp_path, redis_url)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
 def wait_for_line(process: subprocess.Popen[str], text: str) -> None:
     assert process.stdout is not None
     for line in process.stdout:
@@ -82,16 +108,9 @@ def wait_for_line(process: subprocess.Popen[str], text: str) -> None:
 def test_sigint_then_sigterm_stops_the_process(
     module: str, ready: str, when: str, tmp_path: Path, redis_url: str
 ) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "init-db"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'onward.db'}"},
-        check=True,
-        capture_output=True,
-    )
+    init_db(tmp_path)
     for _ in range(3):
-        process = start(module, tmp_path, redis_url)
-        try:
+        with running(module, tmp_path, redis_url) as process:
             if when == "running":
                 wait_for_line(process, ready)
             else:
@@ -102,12 +121,6 @@ def test_sigint_then_sigterm_stops_the_process(
             # status depends on where the signals land: a warm stop, rq's cold stop on
             # the second signal, or, while Python still imports, KeyboardInterrupt.)
             process.wait(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            assert process.stdout is not None
-            process.stdout.close()
 
 
 def blocked_signals(thread_id: int) -> set[int]:
@@ -124,15 +137,8 @@ STOPS = {signal.SIGINT, signal.SIGTERM}
 def test_a_waiting_worker_leaves_the_stop_signals_to_its_main_thread(
     tmp_path: Path, redis_url: str
 ) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "init-db"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'onward.db'}"},
-        check=True,
-        capture_output=True,
-    )
-    process = start("worker", tmp_path, redis_url)
-    try:
+    init_db(tmp_path)
+    with running("worker", tmp_path, redis_url) as process:
         wait_for_line(process, "Listening on")
         threads = [int(task) for task in os.listdir(f"/proc/{process.pid}/task")]
         side_threads = [thread for thread in threads if thread != process.pid]
@@ -143,12 +149,6 @@ def test_a_waiting_worker_leaves_the_stop_signals_to_its_main_thread(
             assert blocked_signals(thread) >= STOPS, thread
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 def test_the_threads_we_start_leave_the_stop_signals_to_the_main_thread(
