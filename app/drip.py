@@ -1012,9 +1012,7 @@ def finish_deliveries(
     store.set_sent(session, [entry.id for entry in entries], now)
     for entry in entries:
         subscriber = subscribers[entry.subscriber_id]
-        subscriber.send_failures = 0
-        subscriber.last_error = None
-        _advance(subscriber, entry.kind, entry.number, policy, now)
+        _moves_on(subscriber, entry.kind, entry.number, policy, now)
         if entry.kind == EmailKind.STEP and entry.status != DeliveryStatus.SENT:
             # What the session's change tracking reports for a sent row it loaded.
             outbound.note(
@@ -1032,9 +1030,17 @@ def _mark_sent(delivery: Delivery, subscriber: Subscriber, policy: Policy, now: 
     delivery.sent_at = now
     delivery.error = None
     delivery.failure_class = None
+    _moves_on(subscriber, delivery.kind, delivery.number, policy, now)
+
+
+def _moves_on(
+    subscriber: Subscriber, kind: EmailKind, number: int, policy: Policy, now: datetime
+) -> None:
+    """The subscription after its email (kind, number) was sent: its failures are
+    forgotten, and it goes on to what comes next."""
     subscriber.send_failures = 0
     subscriber.last_error = None
-    _advance(subscriber, delivery.kind, delivery.number, policy, now)
+    _advance(subscriber, kind, number, policy, now)
 
 
 def release_deliveries(session: Session, delivery_ids: list[int]) -> None:
